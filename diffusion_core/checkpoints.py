@@ -1,0 +1,163 @@
+"""Checkpoints: weights in safetensors, everything else in a JSON model card beside them.
+
+    checkpoints/NAME.safetensors   the (EMA) weights; never pickled
+    checkpoints/NAME.json          model config, schedule config, dataset, training settings,
+                                   loss log, evaluation results, and the weights' SHA-256
+
+`load_checkpoint` checks every step and raises CheckpointError naming the file and the fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import ModelConfig, build_model
+from .schedules import NoiseSchedule, ScheduleConfig
+
+FORMAT = "diffusion-explorer/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, tampered with or does not match its config."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode, on CPU), its schedule and its card."""
+
+    name: str
+    model: torch.nn.Module
+    model_config: ModelConfig
+    schedule: NoiseSchedule
+    dataset: str
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """`checkpoints/NAME`, `...NAME.safetensors` or `...NAME.json` -> (weights path, card path)."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_card(path: str | os.PathLike[str], card: dict[str, Any]) -> None:
+    _, card_path = checkpoint_paths(path)
+    _atomic_write_bytes(card_path, (json.dumps(card, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    model_config: ModelConfig,
+    schedule_config: ScheduleConfig,
+    dataset: str,
+    card: dict[str, Any] | None = None,
+) -> None:
+    """Write NAME.safetensors (model's state dict, float32, contiguous) and NAME.json (the card)."""
+    weights_path, _ = checkpoint_paths(path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    tmp = weights_path.with_name(weights_path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, weights_path)
+    full = {
+        "format": FORMAT,
+        "dataset": dataset,
+        "model": model_config.to_dict(),
+        "schedule": asdict(schedule_config),
+        **(card or {}),
+        "weights_sha256": sha256_file(weights_path),
+    }
+    write_card(path, full)
+
+
+def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON card, checked for the fields every checkpoint must have."""
+    _, card_path = checkpoint_paths(path)
+    if not card_path.is_file():
+        raise CheckpointError(f"{card_path}: model card not found (every checkpoint needs NAME.json beside NAME.safetensors)")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{card_path}: not valid JSON ({e})") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{card_path}: expected a JSON object")
+    missing = [k for k in ("format", "dataset", "model", "schedule", "weights_sha256") if k not in card]
+    if missing:
+        raise CheckpointError(f"{card_path}: missing field(s) {', '.join(missing)}")
+    if card["format"] != FORMAT:
+        raise CheckpointError(f"{card_path}: unknown format {card['format']!r}, expected {FORMAT!r}")
+    return card
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Checkpoint:
+    """Load and verify a checkpoint; the model is in eval mode with gradients off. Nothing is unpickled."""
+    weights_path, card_path = checkpoint_paths(path)
+    card = read_card(path)
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: weights file not found")
+    digest = sha256_file(weights_path)
+    if digest != card["weights_sha256"]:
+        raise CheckpointError(
+            f"{weights_path}: SHA-256 {digest[:12]}... does not match {card_path.name} "
+            f"({str(card['weights_sha256'])[:12]}...): the file is truncated, corrupt or was replaced"
+        )
+    try:
+        model_config = ModelConfig.from_dict(card["model"])
+        schedule_config = ScheduleConfig(**card["schedule"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{card_path}: invalid model or schedule config ({e})") from None
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({e})") from None
+    model = build_model(model_config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            s
+            for s in (
+                f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}" if missing else "",
+                f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}" if unexpected else "",
+                f"shape mismatch {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]}" if wrong else "",
+            )
+            if s
+        )
+        raise CheckpointError(f"{weights_path}: weights do not match the model config in {card_path.name}: {detail}")
+    model.load_state_dict(state)
+    model.eval().requires_grad_(False).to(device)
+    return Checkpoint(
+        name=weights_path.with_suffix("").name,
+        model=model,
+        model_config=model_config,
+        schedule=NoiseSchedule.from_config(schedule_config).to(device),
+        dataset=card["dataset"],
+        card=card,
+    )

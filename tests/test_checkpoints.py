@@ -1,0 +1,115 @@
+"""Checkpoints: exact round trip, and clear errors for missing, corrupt, tampered or mismatched files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion_core.checkpoints import CheckpointError, checkpoint_paths, load_checkpoint, save_checkpoint
+from diffusion_core.model import build_model, preset
+from diffusion_core.schedules import ScheduleConfig
+
+
+def _copy(src: Path, dst_dir: Path) -> Path:
+    w, c = checkpoint_paths(src)
+    shutil.copy(w, dst_dir / w.name)
+    shutil.copy(c, dst_dir / c.name)
+    return dst_dir / src.name
+
+
+def test_round_trip_is_exact(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    ck = load_checkpoint(tiny_checkpoint)
+    out = tmp_path / "again"
+    save_checkpoint(out, ck.model, ck.model_config, ck.schedule.config, ck.dataset, {"note": "x"})
+    ck2 = load_checkpoint(out)
+    assert ck2.model_config == ck.model_config and ck2.schedule.config == ck.schedule.config
+    for (k, a), (k2, b) in zip(ck.model.state_dict().items(), ck2.model.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b)
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(ck.model(x, torch.tensor([3, 900])), ck2.model(x, torch.tensor([3, 900])))
+    assert ck2.card["note"] == "x" and ck2.name == "again"
+    for p in (out, str(out) + ".json", str(out) + ".safetensors"):  # any spelling of the path
+        assert load_checkpoint(p).name == "again"
+
+
+def test_loaded_model_is_frozen(tiny_checkpoint: Path) -> None:
+    ck = load_checkpoint(tiny_checkpoint)
+    assert not ck.model.training
+    assert not any(p.requires_grad for p in ck.model.parameters())
+
+
+def test_missing_files(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"nothere\.json: model card not found"):
+        load_checkpoint(tmp_path / "nothere")
+    p = _copy(tiny_checkpoint, tmp_path)
+    checkpoint_paths(p)[0].unlink()
+    with pytest.raises(CheckpointError, match=r"tiny\.safetensors: weights file not found"):
+        load_checkpoint(p)
+
+
+def test_truncated_weights(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    p = _copy(tiny_checkpoint, tmp_path)
+    w = checkpoint_paths(p)[0]
+    w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"tiny\.safetensors: SHA-256 .* truncated, corrupt or was replaced"):
+        load_checkpoint(p)
+
+
+def test_tampered_weights(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    p = _copy(tiny_checkpoint, tmp_path)
+    w = checkpoint_paths(p)[0]
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(p)
+
+
+def test_not_safetensors_even_with_matching_hash(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A pickle (or anything else) in place of the weights is refused without being unpickled."""
+    p = _copy(tiny_checkpoint, tmp_path)
+    w, c = checkpoint_paths(p)
+    torch.save({"a": torch.zeros(1)}, w)  # a zip/pickle file
+    card = json.loads(c.read_text())
+    from diffusion_core.checkpoints import sha256_file
+
+    card["weights_sha256"] = sha256_file(w)
+    c.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"tiny\.safetensors: not a readable safetensors file"):
+        load_checkpoint(p)
+
+
+def test_config_mismatch(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    p = _copy(tiny_checkpoint, tmp_path)
+    c = checkpoint_paths(p)[1]
+    card = json.loads(c.read_text())
+    card["model"]["base_channels"] = 16
+    c.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"tiny\.safetensors: weights do not match the model config in tiny\.json"):
+        load_checkpoint(p)
+
+
+def test_bad_card(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    p = _copy(tiny_checkpoint, tmp_path)
+    c = checkpoint_paths(p)[1]
+    c.write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"tiny\.json: not valid JSON"):
+        load_checkpoint(p)
+    c.write_text(json.dumps({"format": "diffusion-explorer/1"}))
+    with pytest.raises(CheckpointError, match=r"tiny\.json: missing field\(s\) dataset, model, schedule, weights_sha256"):
+        load_checkpoint(p)
+
+
+def test_unknown_schedule_in_card(tmp_path: Path) -> None:
+    cfg = preset("lesson", base_channels=8)
+    save_checkpoint(tmp_path / "m", build_model(cfg), cfg, ScheduleConfig(), "mnist")
+    c = checkpoint_paths(tmp_path / "m")[1]
+    card = json.loads(c.read_text())
+    card["schedule"]["name"] = "sigmoid"
+    c.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"m\.json: invalid model or schedule config \(unknown schedule 'sigmoid'"):
+        load_checkpoint(tmp_path / "m")

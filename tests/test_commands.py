@@ -1,0 +1,127 @@
+"""The sample and evaluate command lines, run as a user runs them (separate processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT
+from diffusion_core.data import make_circles
+from diffusion_core.evaluate import class_coverage, copying_check, frechet_distance, is_clean_disc
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300, check=check)
+
+
+def test_sample_writes_png_and_npz_deterministically(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    common = ["diffusion_core.sample", "--checkpoint", str(tiny_checkpoint), "--steps", "5", "--num", "6",
+              "--seed", "3", "--device", "cpu"]
+    run(*common, "--out", str(tmp_path / "a.png"))
+    run(*common, "--out", str(tmp_path / "b.png"))
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    img = Image.open(tmp_path / "a.png")
+    assert img.size == (2 + 3 * 30, 2 + 2 * 30)  # 3 x 2 grid of 28 px images with 2 px padding
+    run(*common, "--out", str(tmp_path / "s.npz"), "--sampler", "ddim", "--eta", "0.5")
+    run(*common, "--out", str(tmp_path / "t.npz"), "--sampler", "ddim", "--eta", "0.5")
+    a, b = np.load(tmp_path / "s.npz")["images"], np.load(tmp_path / "t.npz")["images"]
+    assert a.dtype == np.uint8 and a.shape == (6, 28, 28, 1)
+    assert np.array_equal(a, b)
+    run(*common, "--out", str(tmp_path / "u.npz"), "--seed", "4")
+    assert not np.array_equal(a, np.load(tmp_path / "u.npz")["images"])
+
+
+def test_sample_with_label_and_guidance_and_ddpm(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    run("diffusion_core.sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "ddpm", "--steps", "20",
+        "--num", "2", "--label", "3", "--guidance", "3", "--out", str(tmp_path / "g.npz"))
+    assert np.load(tmp_path / "g.npz")["images"].shape == (2, 28, 28, 1)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--steps", "0"], "steps must be an integer >= 1, got 0"),
+    (["--steps", "1001"], "steps must lie in 1..1000"),
+    (["--eta", "1.5"], "eta must lie in [0, 1], got 1.5"),
+    (["--label", "10"], "label 10 is outside the model's classes 0..9"),
+    (["--seed", "-1"], "seed must be an integer"),
+    (["--out", "x.jpg"], "--out must end in .png or .npz"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--num", "0"], "error:"),
+])
+def test_sample_bad_input(tiny_checkpoint: Path, args: list[str], message: str) -> None:
+    r = run("diffusion_core.sample", "--checkpoint", str(tiny_checkpoint), "--num", "1", *args, check=False)
+    assert r.returncode == 2 and message in r.stderr
+
+
+def test_sample_unknown_sampler_and_missing_checkpoint(tmp_path: Path) -> None:
+    r = run("diffusion_core.sample", "--sampler", "euler", check=False)
+    assert r.returncode == 2 and "invalid choice: 'euler'" in r.stderr
+    r = run("diffusion_core.sample", "--checkpoint", str(tmp_path / "none"), check=False)
+    assert r.returncode == 2 and "none.json: model card not found" in r.stderr
+
+
+def test_evaluate_prints_json(tiny_checkpoint: Path) -> None:
+    r = run("diffusion_core.evaluate", "--checkpoint", str(tiny_checkpoint), "--steps", "3", "--num", "40",
+            "--all-labels", "--guidance", "2")
+    out = json.loads(r.stdout)
+    for key in ("fd", "fd_real_floor", "confident", "coverage", "label_accuracy", "nn_ratio", "copy_share"):
+        assert key in out
+    assert out["fd"] > out["fd_real_floor"] > 0  # random weights are far from the data
+    assert out["num"] == 40 and out["labels"] == "all"
+
+
+# --- the metrics themselves ----------------------------------------------------------------
+
+def test_frechet_distance_against_closed_form() -> None:
+    g = np.random.default_rng(0)
+    a = g.normal(size=(20000, 3))
+    b = g.normal(size=(20000, 3)) * 2 + 1  # N(1, 4 I): FD = 3 * 1 + 3 * (1 + 4 - 2 * 2) = 6
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+    assert frechet_distance(a, b) == pytest.approx(6.0, rel=0.03)
+
+
+def test_frechet_distance_matches_scipy_sqrtm() -> None:
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    g = np.random.default_rng(1)
+    a = g.normal(size=(500, 8)) @ g.normal(size=(8, 8))
+    b = g.normal(size=(400, 8)) @ g.normal(size=(8, 8)) + 0.3
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy_linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+
+
+def test_coverage() -> None:
+    assert class_coverage(np.arange(1000) % 10) == pytest.approx(1.0)
+    assert class_coverage(np.zeros(100, dtype=int)) == pytest.approx(0.1)
+    assert class_coverage(np.array([0] * 60 + list(range(1, 10)) * 4 + [1] * 4)) < 0.6
+
+
+def test_copying_check_flags_copies() -> None:
+    train, _ = make_circles(300, torch.Generator().manual_seed(0))
+    fresh, _ = make_circles(100, torch.Generator().manual_seed(1))
+    copies = copying_check(train[:100], train)
+    assert copies["copy_share"] == 1.0 and copies["nn_ratio"] == 0.0
+    honest = copying_check(fresh, train)
+    assert honest["copy_share"] < 0.1 and honest["nn_ratio"] > 0.5
+
+
+def test_clean_disc_detector() -> None:
+    x, _ = make_circles(200, torch.Generator().manual_seed(2))
+    imgs = ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    assert np.mean([is_clean_disc(i) for i in imgs]) == 1.0
+    two = imgs.copy()
+    two[:, 1:5, 1:5] = 255 - two[:, 1:5, 1:5]  # a second blob in the corner
+    assert np.mean([is_clean_disc(i) for i in two]) < 0.05
+    noisy = np.clip(imgs.astype(int) + np.random.default_rng(0).integers(-40, 40, imgs.shape), 0, 255).astype(np.uint8)
+    assert np.mean([is_clean_disc(i) for i in noisy]) < 0.05
+    blank = np.full((32, 32, 3), 128, dtype=np.uint8)
+    assert not is_clean_disc(blank)
