@@ -29,6 +29,7 @@ import torch
 from .checkpoints import CheckpointError, load_checkpoint, read_card, write_card
 from .cli import add_dataclass_args, dataclass_from_args
 from .data import CIRCLE_MIN_CONTRAST, load_mnist, make_circles
+from .inference import Precision, resolve_precision
 from .runtime import DeviceName, select_device, set_threads
 from .sample import generate, sampler_config
 from .samplers import SamplerName, Spacing
@@ -161,6 +162,7 @@ class EvalArgs:
     batch_size: int = 250  # sampling batch
     classifier: str = "checkpoints/classifier-mnist"  # the shipped digit classifier
     device: DeviceName = "auto"  # auto = CUDA, then MPS, then CPU
+    precision: Precision = "auto"  # model precision; auto = bfloat16 where the hardware has it natively
     write_card: bool = False  # also record the result under "evaluation" in the checkpoint's JSON
 
 
@@ -177,14 +179,15 @@ def evaluate(a: EvalArgs) -> dict[str, object]:
             raise ValueError("--all-labels needs a class-conditional checkpoint")
     elif a.label is not None:
         labels = torch.full((a.num,), a.label, dtype=torch.long)
+    precision = resolve_precision(a.precision, device)
     t0 = time.perf_counter()
-    x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size)
+    x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision)
     sampling_s = time.perf_counter() - t0
     result: dict[str, object] = {
         "checkpoint": ckpt.name, "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta, "spacing": cfg.spacing,
         "clip_x0": cfg.clip_x0, "num": a.num, "seed": a.seed,
         "labels": "all" if a.all_labels else a.label, "guidance": cfg.guidance if labels is not None else None,
-        "sampling_s": round(sampling_s, 2), "device": str(device),
+        "sampling_s": round(sampling_s, 2), "device": str(device), "precision": precision,
     }
     if ckpt.dataset == "mnist":
         from .classifier import load_classifier
@@ -202,7 +205,8 @@ def evaluate(a: EvalArgs) -> dict[str, object]:
 def evaluation_key(r: dict[str, object]) -> str:
     """The key a result is filed under in the card, e.g. 'ddim-50 eta=0 uncond'."""
     cond = "uncond" if r["labels"] is None else f"labels={r['labels']} w={r['guidance']}"
-    return f"{r['sampler']}-{r['steps']} eta={r['eta']} {r['spacing']} clip={r['clip_x0']} {cond} n={r['num']}"
+    return (f"{r['sampler']}-{r['steps']} eta={r['eta']} {r['spacing']} clip={r['clip_x0']} {cond} n={r['num']} "
+            f"{r['precision']} seed={r['seed']}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from .checkpoints import Checkpoint, CheckpointError, load_checkpoint
 from .cli import add_dataclass_args, dataclass_from_args
+from .inference import InferenceModel, Precision, resolve_precision
 from .render import save_images, to_uint8
 from .runtime import DeviceName, select_device, set_threads
 from .samplers import SamplerConfig, SamplerName, Spacing, Variance, initial_noise, make_generator, sample
@@ -39,6 +40,7 @@ class SampleArgs:
     guidance: float = 1.0  # classifier-free guidance scale (with --label)
     batch_size: int = 256  # images per batch (the output depends on it)
     device: DeviceName = "auto"  # auto = CUDA, then MPS, then CPU
+    precision: Precision = "auto"  # model precision; auto = bfloat16 where the hardware has it natively
     out: str = "samples.png"  # .png (grid) or .npz (key images, uint8 N x H x W x C)
 
 
@@ -54,21 +56,26 @@ def sampler_config(sampler: str, steps: int | None, num_timesteps: int, **kw: ob
 def generate(
     ckpt: Checkpoint, config: SamplerConfig, num: int, seed: int,
     labels: torch.Tensor | None = None, device: torch.device | str = "cpu", batch_size: int = 256,
+    precision: str = "float32",
 ) -> torch.Tensor:
-    """num samples [num x C x H x W] in [-1, 1] on the CPU. Batch k draws from a generator seeded by seed + k."""
+    """num samples [num x C x H x W] in [-1, 1] on the CPU. Batch k draws from a generator seeded by seed + k.
+
+    :param precision: "float32" or "bfloat16" (see inference.py); "auto" picks for the device.
+    """
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     if labels is not None and labels.shape != (num,):
         raise ValueError(f"labels must have shape ({num},), got {tuple(labels.shape)}")
     make_generator(seed)  # validates the seed
     c, s = ckpt.model_config.in_channels, ckpt.model_config.image_size
+    model = InferenceModel(ckpt.model, resolve_precision(precision, torch.device(device)))
     out = []
     for k, start in enumerate(range(0, num, batch_size)):
         n = min(batch_size, num - start)
         g = make_generator((seed + k) % (2**63))
         x_T = initial_noise((n, c, s, s), g, device)
         y = None if labels is None else labels[start: start + n].to(device)
-        out.append(sample(ckpt.model, ckpt.schedule, x_T, config, y, g).float().cpu())
+        out.append(sample(model, ckpt.schedule, x_T, config, y, g).float().cpu())
     return torch.cat(out)
 
 
@@ -86,11 +93,13 @@ def main(argv: list[str] | None = None) -> None:
                              variance=a.variance, clip_x0=a.clip_x0, guidance=a.guidance)
         labels = None if a.label is None else torch.full((a.num,), a.label, dtype=torch.long)
         t0 = time.perf_counter()
-        x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size)
+        precision = resolve_precision(a.precision, device)
+        x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision)
     except (ValueError, CheckpointError) as e:
         parser.exit(2, f"error: {e}\n")
     save_images(to_uint8(x), a.out)
-    print(f"wrote {a.num} samples to {a.out} ({cfg.sampler}, {cfg.steps} steps, {time.perf_counter() - t0:.2f} s on {device})",
+    print(f"wrote {a.num} samples to {a.out} ({cfg.sampler}, {cfg.steps} steps, {time.perf_counter() - t0:.2f} s "
+          f"on {device}, {precision})",
           file=sys.stderr)
 
 

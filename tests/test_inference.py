@@ -1,0 +1,45 @@
+"""The sampling execution paths: float32 is the model itself, bfloat16 stays close, bad names raise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import randomize
+from diffusion_core.inference import InferenceModel, native_bfloat16, resolve_precision
+from diffusion_core.model import build_model, preset
+
+
+@pytest.fixture(scope="module")
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return randomize(build_model(preset("fast", num_classes=10))).eval()
+
+
+def test_float32_path_is_the_model(net) -> None:
+    x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([1, 200, 600, 999]), torch.tensor([0, 3, 10, 9])
+    with torch.inference_mode():
+        assert torch.equal(InferenceModel(net, "float32")(x, t, y), net(x, t, y))
+        torch.testing.assert_close(InferenceModel(net, "float32", channels_last=True)(x, t, y), net(x, t, y),
+                                   atol=1e-5, rtol=1e-5)
+    assert InferenceModel(net).cfg is net.cfg
+
+
+def test_bfloat16_path_is_close(net) -> None:
+    x, t = torch.randn(4, 1, 28, 28), torch.tensor([1, 200, 600, 999])
+    with torch.inference_mode():
+        ref = net(x, t)
+        out = InferenceModel(net, "bfloat16")(x, t)
+    assert out.dtype == torch.float32
+    rel = (out - ref).norm() / ref.norm()
+    assert 0 < rel < 0.03  # bfloat16 has 8 bits of mantissa: about 0.4% per op
+
+
+def test_precision_choice() -> None:
+    assert resolve_precision("float32", torch.device("cpu")) == "float32"
+    assert resolve_precision("bfloat16", torch.device("cpu")) == "bfloat16"
+    auto = resolve_precision("auto", torch.device("cpu"))
+    assert auto == ("bfloat16" if native_bfloat16(torch.device("cpu")) else "float32")
+    assert resolve_precision("auto", torch.device("mps")) == "float32"
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        resolve_precision("fp8", torch.device("cpu"))
