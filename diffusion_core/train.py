@@ -174,7 +174,8 @@ def _weights_digest(module: torch.nn.Module) -> str:
 
 
 def _save_state(path: Path, step: int, elapsed: float, model: torch.nn.Module, ema: torch.nn.Module,
-                opt: torch.optim.Optimizer, loss_log: list[dict[str, float]], cfg: TrainConfig) -> None:
+                opt: torch.optim.Optimizer, loss_log: list[dict[str, float]], invocations: list[dict[str, Any]],
+                cfg: TrainConfig) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
@@ -183,7 +184,8 @@ def _save_state(path: Path, step: int, elapsed: float, model: torch.nn.Module, e
             tensors[f"opt.{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
     save_file(tensors, str(path / "state.safetensors.tmp"))
     os.replace(path / "state.safetensors.tmp", path / "state.safetensors")
-    meta = {"step": step, "elapsed_s": elapsed, "config": _config_json(cfg), "loss_log": loss_log}
+    meta = {"step": step, "elapsed_s": elapsed, "config": _config_json(cfg), "loss_log": loss_log,
+            "invocations": invocations}
     (path / "state.json.tmp").write_text(json.dumps(meta))
     os.replace(path / "state.json.tmp", path / "state.json")
 
@@ -195,7 +197,7 @@ def _config_json(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _load_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
-                cfg: TrainConfig) -> tuple[int, float, list[dict[str, float]]]:
+                cfg: TrainConfig) -> tuple[int, float, list[dict[str, float]], list[dict[str, Any]]]:
     meta = json.loads((path / "state.json").read_text())
     saved = meta["config"]
     for key in ("dataset", "schedule", "num_timesteps", "model", "base_channels", "channel_mults", "num_res_blocks",
@@ -216,7 +218,7 @@ def _load_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module, opt: t
             state.setdefault(int(i), {})[name] = v
     osd["state"] = state
     opt.load_state_dict(osd)
-    return int(meta["step"]), float(meta["elapsed_s"]), list(meta["loss_log"])
+    return int(meta["step"]), float(meta["elapsed_s"]), list(meta["loss_log"]), list(meta.get("invocations", []))
 
 
 def command_line(argv: list[str]) -> str:
@@ -253,9 +255,12 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     state_dir = cfg.state_dir()
-    step, elapsed, loss_log = 0, 0.0, []
+    step, elapsed, loss_log, invocations = 0, 0.0, [], []
     if cfg.resume and (state_dir / "state.json").is_file():
-        step, elapsed, loss_log = _load_state(state_dir, model, ema, opt, cfg)
+        step, elapsed, loss_log, invocations = _load_state(state_dir, model, ema, opt, cfg)
+    # Every invocation that trained this run, with its settings: a resumed run may have changed
+    # max_steps (and so the learning-rate schedule) or the thread count.
+    invocations.append({"command": command, "from_step": step, "to_step": step, "train_config": _config_json(cfg)})
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -271,8 +276,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
 
     def save(final: bool) -> dict[str, Any]:
         card = {**card_base, "steps": step, "images_seen": step * cfg.batch_size * world,
-                "wall_time_s": round(elapsed, 1), "finished": final, "loss_log": loss_log}
-        _save_state(state_dir, step, elapsed, model, ema, opt, loss_log, cfg)
+                "wall_time_s": round(elapsed, 1), "finished": final, "invocations": invocations, "loss_log": loss_log}
+        invocations[-1]["to_step"] = step
+        _save_state(state_dir, step, elapsed, model, ema, opt, loss_log, invocations, cfg)
         save_checkpoint(cfg.out, ema, mcfg, scfg, cfg.dataset, card)
         return card
 

@@ -77,6 +77,7 @@ def test_resume_continues_from_the_saved_step(tmp_path: Path) -> None:
     assert resumed["steps"] == 10
     assert [e["step"] for e in resumed["loss_log"]] == list(range(1, 11))
     assert resumed["loss_log"][:6] == first["loss_log"]
+    assert [(i["from_step"], i["to_step"]) for i in resumed["invocations"]] == [(0, 6), (6, 10)]
     straight = _run(tmp_path, "b", 10, 100)
     # Per-step seeding: the interrupted run makes the same draws, so the weights are identical.
     assert [e["loss"] for e in straight["loss_log"]] == [e["loss"] for e in resumed["loss_log"]]
