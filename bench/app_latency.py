@@ -1,0 +1,86 @@
+"""Latency of the app as a visitor sees it, through gradio_client against a locally launched app (not a test).
+
+    python bench/app_latency.py [--checkpoints checkpoints] [--model NAME] [--repeats 20]
+
+Prints: server time of one forward scrub event (and the client round trip), time to the first
+streamed frame, and full runs: DDIM-50 for 16 images and DDPM-1000 for 4 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gradio_client import Client  # noqa: E402
+
+from explorer import build_app, launch_kwargs  # noqa: E402
+from explorer.state import load_registry  # noqa: E402
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoints", default=None, help="checkpoint folder (default ./checkpoints)")
+    ap.add_argument("--model", default=None, help="checkpoint name (default: the first loaded)")
+    ap.add_argument("--repeats", type=int, default=20)
+    a = ap.parse_args()
+
+    reg = load_registry(a.checkpoints)
+    model = a.model or reg.names[0]
+    demo = build_app(reg)
+    # The scrub handler, timed in the server process itself (no HTTP, no queue).
+    scrub_fn = next(d.fn for d in demo.fns.values() if d.api_name == "forward_scrub")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    c = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    print(f"device {reg.device} · {reg.threads} threads · model {model}")
+
+    fmt = reg.get(model).dataset
+    ex = "mnist-3" if fmt == "mnist" else "circle-1"
+    c.predict(ex, fmt, api_name="/forward_example")
+    state = {"x0": reg.get(model).schedule.sqrt_alphas_cumprod.new_zeros(
+        (reg.get(model).model_config.in_channels,) + (reg.get(model).model_config.image_size,) * 2)}
+    server = timed(lambda: scrub_fn(state, "linear", 0, 500), a.repeats)
+    ts = iter(range(10, 1000, 37))
+    rtt = timed(lambda: c.predict("linear", 0, next(ts), api_name="/forward_scrub"), a.repeats)
+    print(f"forward scrub event: server {statistics.median(server) * 1e3:.1f} ms (median of {a.repeats}), "
+          f"client round trip {statistics.median(rtt) * 1e3:.1f} ms")
+
+    def first_frame(sampler: str, steps: int, num: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        job = c.submit(model, sampler, steps, 0.0, 0, num, "any", 1.0, api_name="/reverse_sample")
+        first = None
+        while not job.done():
+            if first is None and job.outputs():
+                first = time.perf_counter() - t0
+            time.sleep(0.002)
+        total = time.perf_counter() - t0
+        return first if first is not None else total, total
+
+    ff, _ = first_frame("ddim", 50, 1)
+    print(f"time to first streamed frame (DDIM-50, 1 image): {ff * 1e3:.0f} ms")
+    ff, total = first_frame("ddim", 50, 16)
+    print(f"DDIM-50, 16 images: first frame {ff * 1e3:.0f} ms, full run {total:.2f} s")
+    ff, total = first_frame("ddpm", 1000, 4)
+    print(f"DDPM-1000, 4 images: first frame {ff * 1e3:.0f} ms, full run {total:.2f} s")
+    demo.close()
+
+
+if __name__ == "__main__":
+    main()

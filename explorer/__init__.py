@@ -1,0 +1,59 @@
+"""The Gradio explainer over diffusion_core: one module per tab (layout + thin handlers).
+
+    build_app(registry)  -> gr.Blocks     (app.py calls it with the checkpoints in ./checkpoints)
+    launch_kwargs()      -> dict          the settings app.py and the tests launch with
+"""
+
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from . import compare_tab, forward_tab, reverse_tab, schedules_tab
+from .state import Registry, load_registry
+
+MAX_FILE_SIZE = "5mb"  # uploads are images to be shrunk to 28x28 or 32x32
+QUEUE_MAX_SIZE = 32  # waiting events beyond this are refused with "queue full"
+CSS = ".gradio-container {max-width: 1400px !important} footer {display: none !important}"
+
+
+def header(reg: Registry) -> str:
+    models = ", ".join(
+        f"`{n}` ({c.dataset}, {c.schedule.config.name}, {'conditional' if c.model_config.num_classes else 'unconditional'})"
+        for n, c in reg.checkpoints.items()
+    )
+    return (f"# Diffusion Explorer\nHow DDPM and DDIM turn noise into images, on small U-Nets trained for this app. "
+            f"**Device: {reg.device.type.upper()}** ({reg.precision}) · {reg.threads} CPU threads · models: {models}")
+
+
+def build_app(reg: Registry | None = None) -> gr.Blocks:
+    reg = reg or load_registry()
+    with gr.Blocks(title="Diffusion Explorer", analytics_enabled=False) as demo:
+        gr.Markdown(header(reg), elem_id="header")
+        with gr.Tabs():
+            with gr.Tab("1 · Forward process", id="forward"):
+                fwd = forward_tab.build(reg)
+            with gr.Tab("2 · Reverse process", id="reverse"):
+                reverse_tab.build(reg)
+            with gr.Tab("3 · DDPM vs DDIM", id="compare"):
+                compare_tab.build(reg)
+            with gr.Tab("4 · Schedules", id="schedules"):
+                schedules_tab.build(reg)
+        pick_fn, pick_in, pick_out = fwd["pick"]
+        scrub_fn, scrub_io = fwd["scrub"]
+        strip_fn, strip_io = fwd["strip"]
+        demo.load(pick_fn, pick_in, pick_out, api_visibility="private", show_progress="hidden").then(
+            scrub_fn, **scrub_io, api_visibility="private", show_progress="hidden").then(
+            strip_fn, **strip_io, api_visibility="private", show_progress="hidden")
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=2)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads them itself)."""
+    return dict(max_file_size=MAX_FILE_SIZE, css=CSS, ssr_mode=False, show_error=True,
+                footer_links=["api"], theme=gr.themes.Soft())
+
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

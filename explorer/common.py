@@ -1,0 +1,122 @@
+"""Helpers shared by the tabs: error translation, the optional ZeroGPU decorator, LaTeX Markdown,
+turning UI values into core arguments, and running a sampler generator step by step."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+
+import gradio as gr
+import torch
+
+from diffusion_core.checkpoints import Checkpoint
+from diffusion_core.samplers import SamplerConfig, Step, initial_noise, make_generator, sample_progressive
+
+try:  # On a ZeroGPU Space, `spaces.GPU` attaches a GPU to the decorated call; elsewhere it is a no-op.
+    import spaces  # type: ignore[import-not-found]
+
+    GPU: Callable = spaces.GPU
+except ImportError:
+
+    def GPU(fn: Callable) -> Callable:  # noqa: N802 - mirrors spaces.GPU
+        return fn
+
+
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+ANY_DIGIT = "any"
+SAMPLING = dict(concurrency_id="sampling", concurrency_limit=1)  # CPU-bound work: one run at a time
+LIGHT = dict(concurrency_id="light", concurrency_limit=4)  # scrubbing and small figures
+MIN_FRAME_INTERVAL_S = 1 / 20  # stream at most ~20 frames per second
+MAX_RECORDED_FRAMES = 100  # frames of a trajectory kept for the scrub slider and the GIF
+
+
+def md(text: str, **kw: object) -> gr.Markdown:
+    return gr.Markdown(text, latex_delimiters=LATEX, **kw)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn the core's ValueErrors (bad settings) into gr.Error, for plain and generator handlers."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except ValueError as e:
+                raise gr.Error(str(e)) from None
+
+        return gen
+
+    @functools.wraps(fn)
+    def plain(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+
+    return plain
+
+
+def as_int(name: str, value: object) -> int:
+    """A whole number from a UI value (gr.Number may send 3.0), or ValueError."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if not f.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(f)
+
+
+def labels_for(ckpt: Checkpoint, digit: str | None, num: int) -> torch.Tensor | None:
+    """Class labels for a conditional model ("any" = the null label, i.e. unconditional); None otherwise."""
+    if ckpt.model_config.num_classes == 0 or digit in (None, "", ANY_DIGIT):
+        return None
+    d = as_int("digit", digit)
+    if not 0 <= d < ckpt.model_config.num_classes:
+        raise ValueError(f"digit must lie in 0..{ckpt.model_config.num_classes - 1}, got {d}")
+    return torch.full((num,), d, dtype=torch.long)
+
+
+def check_num(num: object) -> int:
+    n = as_int("number of images", num)
+    if not 1 <= n <= 16:
+        raise ValueError(f"number of images must lie in 1..16, got {n}")
+    return n
+
+
+def start(
+    ckpt: Checkpoint, config: SamplerConfig, seed: object, num: object, digit: str | None, device: torch.device
+) -> Iterator[Step]:
+    """A sampler generator from seed: x_T = initial_noise(make_generator(seed)), later draws from the same generator.
+
+    The same seed gives every sampler (and `diffusion_core.sample`) the same x_T.
+    """
+    config.check_steps(ckpt.schedule.num_timesteps)
+    n = check_num(num)
+    g = make_generator(as_int("seed", seed))
+    y = labels_for(ckpt, digit, n)
+    c, s = ckpt.model_config.in_channels, ckpt.model_config.image_size
+    x_T = initial_noise((n, c, s, s), g, device)
+    return inference_steps(sample_progressive(ckpt.model, ckpt.schedule, x_T, config, None if y is None else y.to(device), g))
+
+
+def inference_steps(gen: Iterator[Step]) -> Iterator[Step]:
+    """Advance `gen` one step at a time under torch.inference_mode.
+
+    Gradio resumes a streaming handler on any worker thread, and grad mode is thread-local, so
+    the mode is entered around each step rather than around the loop. Closing this closes `gen`,
+    which stops the computation.
+    """
+    try:
+        while True:
+            with torch.inference_mode():
+                step = next(gen, None)
+            if step is None:
+                return
+            yield step
+    finally:
+        gen.close()  # type: ignore[attr-defined]

@@ -1,0 +1,151 @@
+"""View 2, the reverse process: stream x_t and the predicted x_0 while a sampler runs; scrub the result."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+import numpy as np
+
+from diffusion_core.explain import frame_indices, step_stats
+from diffusion_core.samplers import SamplerConfig
+
+from . import figures
+from .common import ANY_DIGIT, GPU, LIGHT, MAX_RECORDED_FRAMES, MIN_FRAME_INTERVAL_S, SAMPLING, as_int, friendly, md, start
+from .images import display_grid, raw_grid, write_gif
+from .state import METRICS, Registry
+
+INTRO = r"""
+### The reverse process turns pure noise into an image, one denoising step at a time
+Press **Play**: at each step the network predicts the noise $\hat\varepsilon = \varepsilon_\theta(x_t, t)$, which
+also gives a guess of the clean image, $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$
+(right). Early guesses are blurry averages; they sharpen as t falls.
+
+**DDPM** (Ho et al. 2020, Algorithm 2), a random step:
+$$x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\Big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\,\hat\varepsilon\Big) + \sigma_t z,\qquad z\sim\mathcal N(0, I)$$
+**DDIM** (Song et al. 2021, eq. 12), which may skip timesteps ($t \to t'$) and is deterministic for $\eta = 0$:
+$$x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma_t^2}\;\hat\varepsilon + \sigma_t z,\qquad
+\sigma_t = \eta\sqrt{\tfrac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}}\sqrt{1-\tfrac{\bar\alpha_t}{\bar\alpha_{t'}}}$$
+Classifier-free guidance mixes the conditional and unconditional predictions:
+$\hat\varepsilon = \varepsilon_\theta(x_t, \varnothing) + w\,\big(\varepsilon_\theta(x_t, y) - \varepsilon_\theta(x_t, \varnothing)\big)$.
+"""
+
+
+def status(step_index: int, num_steps: int, t: int, t_prev: int, note: str = "") -> str:
+    return f"**step {step_index + 1} / {num_steps}** · t = {t} → {t_prev}{note}"
+
+
+def pair_frame(a: np.ndarray, b: np.ndarray, target: int = 256) -> np.ndarray:
+    """Two upscaled grids side by side with a white gap (one GIF frame)."""
+    a, b = display_grid(a, target), display_grid(b, target)
+    gap = np.full((a.shape[0], 8, *a.shape[2:]), 255, dtype=np.uint8)
+    return np.concatenate([a, gap, b], axis=1)
+
+
+def build(reg: Registry) -> dict:
+    names = reg.names
+
+    def conditional(name: str) -> bool:
+        return reg.get(name).model_config.num_classes > 0
+
+    def run(name: str, sampler: str, steps: object, eta: float, seed: object, num: object, digit: str,
+            guidance: float):
+        """Stream (x_t, predicted x_0, status) while sampling; finally the chart, scrub slider and GIF."""
+        ckpt = reg.get(name)
+        cfg = SamplerConfig(sampler=sampler, steps=as_int("steps", steps), eta=float(eta), guidance=float(guidance))
+        steps_iter = start(ckpt, cfg, seed, num, digit, reg.device)
+        keep = frame_indices(cfg.steps, MAX_RECORDED_FRAMES)
+        traj: dict = {"frames": [], "stats": [], "title": f"{name} · {sampler.upper()} · {cfg.steps} steps"}
+        rec = METRICS.start("reverse", cfg.steps)
+        last = 0.0
+        try:
+            for step in steps_iter:
+                rec.done += 1
+                traj["stats"].append(step_stats(step))
+                now = time.perf_counter()
+                final = step.index == step.num_steps - 1
+                show = step.index == 0 or now - last >= MIN_FRAME_INTERVAL_S or final
+                if step.index in keep or show:  # every streamed frame is also recorded for the scrub slider
+                    traj["frames"].append((step.index, step.num_steps, step.t, step.t_prev,
+                                           raw_grid(step.x), raw_grid(step.x0_pred)))
+                if show:
+                    last = now
+                    f = traj["frames"][-1]
+                    if not final:
+                        yield (display_grid(f[4]), display_grid(f[5]), status(*f[:4]), traj,
+                               gr.skip(), gr.skip(), gr.skip())
+            yield finish(traj)
+        finally:
+            rec.closed = True  # runs on normal end and when Gradio closes the generator (Stop)
+            steps_iter.close()
+
+    def finish(traj: dict, note: str = ""):
+        """Final outputs of a (possibly stopped) run: last frame, chart, scrub slider, GIF."""
+        frames = traj.get("frames") if traj else None
+        if not frames:
+            return gr.skip(), gr.skip(), "No steps were computed." + note, traj, gr.skip(), gr.skip(), gr.skip()
+        f = frames[-1]
+        chart = figures.step_chart(traj["stats"], "per-step statistics · " + traj["title"])
+        keep = sorted(frame_indices(len(frames), MAX_RECORDED_FRAMES))
+        gif = write_gif([pair_frame(frames[i][4], frames[i][5]) for i in keep])
+        slider = gr.Slider(0, len(frames) - 1, value=len(frames) - 1, step=1, visible=True, interactive=True,
+                           label=f"scrub the recorded trajectory ({len(frames)} frames, no recomputation)")
+        return (display_grid(f[4]), display_grid(f[5]), status(*f[:4], note), traj, chart, slider, gif)
+
+    def stopped(traj: dict):
+        return finish(traj, " · **stopped**")
+
+    def show_frame(traj: dict, k: object):
+        frames = (traj or {}).get("frames") or []
+        if not frames:
+            raise ValueError("run the sampler first (Play), then scrub")
+        k = min(max(as_int("frame", k), 0), len(frames) - 1)
+        f = frames[k]
+        return display_grid(f[4]), display_grid(f[5]), status(*f[:4], f" · recorded frame {k + 1}/{len(frames)}")
+
+    def on_model(name: str):
+        return gr.update(visible=conditional(name)), gr.update(visible=conditional(name))
+
+    def on_sampler(sampler: str):
+        return gr.update(value=1000 if sampler == "ddpm" else 50), gr.update(interactive=sampler == "ddim")
+
+    md(INTRO)
+    traj = gr.State(None)
+    with gr.Row():
+        ckpt = gr.Dropdown(names, value=names[0], label="Checkpoint")
+        sampler = gr.Radio(["ddim", "ddpm"], value="ddim", label="Sampler")
+        steps = gr.Slider(1, 1000, value=50, step=1, label="Steps (model calls)")
+        eta = gr.Slider(0, 1, value=0, step=0.05, label="η (DDIM noise: 0 deterministic, 1 DDPM-like)")
+    with gr.Row():
+        seed = gr.Number(0, precision=0, minimum=0, label="Seed (x_T and every draw)")
+        num = gr.Slider(1, 16, value=4, step=1, label="Number of images")
+        cond = conditional(names[0])
+        digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value="3" if cond else ANY_DIGIT,
+                            label="Digit (class-conditional models)", visible=cond)
+        guidance = gr.Slider(0, 8, value=2, step=0.5, label="Guidance scale w", visible=cond)
+    with gr.Row():
+        play = gr.Button("▶ Play", variant="primary", elem_id="reverse-play")
+        stop = gr.Button("■ Stop", variant="stop", elem_id="reverse-stop")
+    info = md("Press Play.", elem_id="reverse-status")
+    with gr.Row():
+        xt = gr.Image(label="x_t (the sample being denoised)", format="png", height=300, interactive=False,
+                      elem_id="reverse-xt")
+        x0 = gr.Image(label="predicted x̂₀ (the network's current guess)", format="png", height=300,
+                      interactive=False, elem_id="reverse-x0")
+    scrub = gr.Slider(0, 1, value=0, step=1, label="scrub the recorded trajectory", visible=False,
+                      elem_id="reverse-scrub")
+    with gr.Row():
+        chart = gr.Plot(label="per-step statistics")
+        gif = gr.File(label="animation (GIF)", interactive=False)
+    md("The chart: the std of $x_t$ falls from about 1 (pure noise) towards the data's spread, and the "
+       "RMS of the predicted noise $\\lVert\\hat\\varepsilon\\rVert/\\sqrt d$ stays near 1 until the last steps.")
+
+    outs = [xt, x0, info, traj, chart, scrub, gif]
+    ev = play.click(GPU(friendly(run)), [ckpt, sampler, steps, eta, seed, num, digit, guidance], outs,
+                    api_name="reverse_sample", show_progress="minimal", **SAMPLING)
+    stop.click(friendly(stopped), [traj], outs, cancels=[ev], api_name="reverse_stop", **LIGHT)
+    scrub.input(friendly(show_frame), [traj, scrub], [xt, x0, info], api_name="reverse_scrub",
+                trigger_mode="always_last", show_progress="hidden", **LIGHT)
+    ckpt.input(on_model, ckpt, [digit, guidance], api_name="reverse_model", **LIGHT)
+    sampler.input(on_sampler, sampler, [steps, eta], api_name="reverse_sampler", **LIGHT)
+    return {}

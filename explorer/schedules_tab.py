@@ -1,0 +1,73 @@
+"""View 4, schedules: linear vs cosine alpha_bar and log-SNR, and the two MNIST models at 10/20/50 DDIM steps."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from diffusion_core.samplers import SamplerConfig
+
+from . import figures
+from .common import ANY_DIGIT, GPU, SAMPLING, friendly, md, start
+from .images import display
+from .state import Registry
+
+INTRO = r"""
+### The schedule decides how fast the signal is destroyed
+The linear schedule ($\beta_t$ from $10^{-4}$ to $0.02$) drives $\bar\alpha_t$ to almost 0 by about two thirds
+of the way, so the last third of the steps see nearly pure noise; the cosine schedule (Nichol & Dhariwal 2021)
+spends its steps more evenly in log-SNR.
+
+$$\bar\alpha_t^{\text{linear}} = \prod_{s\le t}(1-\beta_s),\qquad
+\bar\alpha_t^{\text{cosine}} = \frac{f(t)}{f(0)},\; f(t) = \cos^2\!\Big(\frac{t/T + s}{1+s}\cdot\frac{\pi}{2}\Big),\qquad
+\log\mathrm{SNR}_t = \log\frac{\bar\alpha_t}{1-\bar\alpha_t}$$
+"""
+
+STEPS = (10, 20, 50)
+METRIC_NAMES = {"fd": "Fréchet dist. ↓", "fd_real_floor": "real-data floor", "confident": "confident ↑",
+                "coverage": "class coverage ↑", "label_accuracy": "label acc. ↑", "clean_disc": "clean discs ↑"}
+
+
+def quality_table(reg: Registry) -> str:
+    """The measured figures filed under "evaluation" in each model card."""
+    rows = []
+    for name, c in reg.checkpoints.items():
+        for key, r in (c.card.get("evaluation") or {}).items():
+            if isinstance(r, dict):
+                vals = " · ".join(f"{label} {r[m]}" for m, label in METRIC_NAMES.items() if r.get(m) is not None)
+                rows.append(f"| {name} ({c.card['schedule']['name']}) | {key} | {vals} |")
+    if not rows:
+        return ("*No evaluation results in the model cards yet* (run `python -m diffusion_core.evaluate "
+                "--write-card` on a checkpoint to file them).")
+    return "**Measured quality (from the model cards):**\n\n| model | setting | figures |\n|---|---|---|\n" + "\n".join(rows)
+
+
+def build(reg: Registry) -> dict:
+    mnist = [n for n, c in reg.checkpoints.items() if c.dataset == "mnist"] or reg.names
+
+    def run(seed: object, digit: str):
+        """DDIM at 10, 20 and 50 steps for every MNIST model, from one seed (streamed as each finishes)."""
+        out = []
+        for name in mnist:
+            ckpt = reg.get(name)
+            for n in STEPS:
+                steps = start(ckpt, SamplerConfig("ddim", steps=n, guidance=2.0), seed, 8, digit, reg.device)
+                x = None
+                for step in steps:
+                    x = step.x
+                out.append((display(x, 256, nrow=4), f"{name} ({ckpt.schedule.config.name}) · DDIM {n}"))
+                yield out
+
+    md(INTRO)
+    gr.Plot(figures.schedules_overview(reg.schedules), label="linear vs cosine")
+    gr.Markdown(f"**Samples from one seed** of the MNIST models ({', '.join(mnist)}) at {', '.join(map(str, STEPS))} "
+                "DDIM steps (η = 0, 8 images each). Same seed, same x_T: differences come from the model and the "
+                "number of steps." + ("" if len(mnist) > 1 else " *(Only one MNIST model is installed so far.)*"))
+    with gr.Row():
+        seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+        digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value=ANY_DIGIT, label="Digit (w = 2)")
+        go = gr.Button("▶ Sample", variant="primary", elem_id="schedules-play")
+    gal = gr.Gallery(label="DDIM samples (hover for the model and step count)", columns=len(STEPS), height=360,
+                     object_fit="contain")
+    md(quality_table(reg))
+    go.click(GPU(friendly(run)), [seed, digit], gal, api_name="schedules_sample", show_progress="minimal", **SAMPLING)
+    return {}

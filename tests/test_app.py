@@ -1,0 +1,206 @@
+"""The app through its public API: gradio_client against the app launched on localhost in this process.
+
+Two random-weight checkpoints stand in for the trained ones (the app must not depend on training
+progress): `tiny` (the lesson net, fast) and `slow` (the residual "fast" preset, ~10x the work per
+step), both MNIST-shaped and class-conditional.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import randomize
+from diffusion_core.checkpoints import load_checkpoint, save_checkpoint
+from diffusion_core.forward import q_sample
+from diffusion_core.inference import InferenceModel, resolve_precision
+from diffusion_core.model import build_model, preset
+from diffusion_core.render import to_uint8
+from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample
+from diffusion_core.schedules import ScheduleConfig, make_schedule
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from explorer import build_app, launch_kwargs  # noqa: E402
+from explorer.images import convert_image, examples  # noqa: E402
+from explorer.state import METRICS, discover_checkpoints, load_registry  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_checkpoints(directory: Path) -> Path:
+    torch.manual_seed(0)
+    for name, cfg in (("tiny", preset("lesson", base_channels=8, num_classes=10)),
+                      ("slow", preset("fast", num_classes=10))):
+        save_checkpoint(directory / name, randomize(build_model(cfg)), cfg, ScheduleConfig("linear", 1000), "mnist")
+    # Not a diffusion checkpoint: must be skipped by discovery.
+    (directory / "classifier-x.json").write_text('{"format": "something-else"}')
+    return directory
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def url(ckpt_dir: Path):
+    demo = build_app(load_registry(ckpt_dir))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture()
+def client(url: str) -> Client:
+    return Client(url, verbose=False)
+
+
+def read_png(path: str, size: int) -> np.ndarray:
+    """An upscaled display PNG back at model resolution [size x size] (nearest: take every k-th pixel)."""
+    a = np.asarray(Image.open(path))
+    k = a.shape[0] // size
+    assert a.shape[0] == k * size, (a.shape, size)
+    return a[::k, ::k]
+
+
+def reverse_args(ckpt="tiny", sampler="ddim", steps=10, eta=0.0, seed=0, num=2, digit="3", guidance=2.0):
+    return (ckpt, sampler, steps, eta, seed, num, digit, guidance)
+
+
+def test_discovery_skips_non_diffusion_cards(ckpt_dir: Path) -> None:
+    assert sorted(p.name for p in discover_checkpoints(ckpt_dir)) == ["slow", "tiny"]
+
+
+@pytest.mark.parametrize("t, schedule", [(0, "linear"), (250, "linear"), (600, "cosine"), (999, "cosine")])
+def test_forward_scrub_matches_q_sample(client: Client, t: int, schedule: str) -> None:
+    client.predict("mnist-3", "mnist", api_name="/forward_example")
+    xt_path, eps_path, info, *_ = client.predict(schedule, 7, t, api_name="/forward_scrub")
+    x0 = convert_image(Image.open(examples()["mnist-3"]), 1, 28)[None]
+    eps = torch.randn((1, 1, 28, 28), generator=make_generator(7))
+    expected = to_uint8(q_sample(make_schedule(schedule), x0, torch.tensor([t]), eps))[0, ..., 0]
+    got = read_png(xt_path, 28)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    assert abs(got.mean() - expected.mean()) < 0.5 and abs(got.std() - expected.std()) < 0.5
+    assert np.array_equal(read_png(eps_path, 28), to_uint8(eps)[0, ..., 0])
+    assert f"t = {t}" in info
+
+
+def test_forward_changes_with_t_and_schedule(client: Client) -> None:
+    client.predict("mnist-0", "mnist", api_name="/forward_example")
+    a = read_png(client.predict("linear", 0, 300, api_name="/forward_scrub")[0], 28)
+    b = read_png(client.predict("linear", 0, 700, api_name="/forward_scrub")[0], 28)
+    c = read_png(client.predict("cosine", 0, 300, api_name="/forward_scrub")[0], 28)
+    assert not np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_upload_is_converted_and_bad_files_refused(client: Client, tmp_path: Path) -> None:
+    img = tmp_path / "wide.png"
+    Image.new("RGB", (120, 60), (255, 0, 0)).save(img)
+    _, note = client.predict(handle_file(str(img)), "mnist", api_name="/forward_upload")
+    assert "120×60 RGB → 28×28 greyscale" in note
+    bad = tmp_path / "not-an-image.png"
+    bad.write_bytes(b"hello, not a picture")
+    with pytest.raises(AppError, match="could not read"):
+        client.predict(handle_file(str(bad)), "mnist", api_name="/forward_upload")
+
+
+def test_chain_and_jump_agree(client: Client) -> None:
+    client.predict("mnist-7", "mnist", api_name="/forward_example")
+    table, _ = client.predict("linear", 400, 400, api_name="/forward_chain")
+    row = next(line for line in table.splitlines() if line.startswith("| std"))
+    chain_std, jump_std, theory = (float(v) for v in row.strip("| ").split("|")[1:4])
+    assert abs(chain_std - theory) < 0.02 and abs(jump_std - theory) < 0.02
+
+
+def test_sampling_streams_before_final(client: Client) -> None:
+    job = client.submit(*reverse_args("slow", steps=40, num=16), api_name="/reverse_sample")
+    seen_while_running = False
+    while not job.done():
+        if job.outputs():
+            seen_while_running = seen_while_running or not job.done()
+        time.sleep(0.01)
+    outs = job.outputs()
+    assert seen_while_running and len(outs) >= 2
+    assert "step 1 / 40" in outs[0][2]
+    assert "step 40 / 40" in outs[-1][2]
+    assert len(outs[-1]) == 6 and str(outs[-1][5]).endswith(".gif")  # (x_t, x0, status, chart, slider, GIF)
+    assert Image.open(outs[-1][5]).n_frames == 40
+
+
+def test_cancel_stops_the_server_side_generator(client: Client) -> None:
+    n_before = len(METRICS.runs)
+    job = client.submit(*reverse_args("slow", sampler="ddpm", steps=1000, num=16, digit="any"),
+                        api_name="/reverse_sample")
+    deadline = time.time() + 60
+    while not job.outputs() and time.time() < deadline:
+        time.sleep(0.02)
+    assert job.outputs(), "no frame streamed"
+    job.cancel()
+    rec = METRICS.runs[n_before]
+    deadline = time.time() + 30
+    while not rec.closed and time.time() < deadline:
+        time.sleep(0.05)
+    assert rec.closed, "the generator was not closed"
+    done = rec.done
+    time.sleep(1.0)
+    assert rec.done == done < rec.planned == 1000
+
+
+def test_same_seed_same_images(client: Client, ckpt_dir: Path) -> None:
+    args = reverse_args(sampler="ddim", steps=10, eta=0.5, seed=123, num=4)
+    a = client.predict(*args, api_name="/reverse_sample")
+    b = client.predict(*args, api_name="/reverse_sample")
+    c = client.predict(*reverse_args(sampler="ddim", steps=10, eta=0.5, seed=124, num=4), api_name="/reverse_sample")
+    pa, pb, pc = (np.asarray(Image.open(r[0])) for r in (a, b, c))
+    assert np.array_equal(pa, pb) and not np.array_equal(pa, pc)
+    # ... and they are exactly what the core produces from that seed.
+    ck = load_checkpoint(ckpt_dir / "tiny")
+    model = InferenceModel(ck.model, resolve_precision("auto", torch.device("cpu")))  # the app's path
+    g = make_generator(123)
+    x_T = initial_noise((4, 1, 28, 28), g)
+    with torch.inference_mode():
+        x = sample(model, ck.schedule, x_T, SamplerConfig("ddim", 10, eta=0.5, guidance=2.0),
+                   torch.full((4,), 3), g)
+    from explorer.images import display
+    assert np.array_equal(pa, display(x))
+
+
+def test_compare_gives_both_samplers_one_x_T(client: Client) -> None:
+    ddpm_img, ddim_img, ddpm_md, ddim_md, diff_img, diff_md = client.predict(
+        "tiny", 20, 5, 0.0, 1, 2, "any", 1.0, api_name="/compare")
+    assert "20 model calls" in ddpm_md and "5 model calls" in ddim_md and "mean |DDPM − DDIM|" in diff_md
+    single = client.predict(*reverse_args(sampler="ddim", steps=5, seed=1, digit="any", guidance=1.0),
+                            api_name="/reverse_sample")
+    assert np.array_equal(np.asarray(Image.open(ddim_img)), np.asarray(Image.open(single[0])))
+
+
+def test_bad_settings_are_clear_errors(url: str) -> None:
+    client = Client(url, verbose=False)  # a fresh session: nothing recorded yet
+    with pytest.raises(AppError, match="run the sampler first"):
+        client.predict(0, api_name="/reverse_scrub")
+    with pytest.raises(AppError, match="minimum value 1"):
+        client.predict(*reverse_args(steps=0), api_name="/reverse_sample")
+    with pytest.raises(AppError, match="minimum value 0"):
+        client.predict(*reverse_args(seed=-1), api_name="/reverse_sample")
+
+
+def test_scrub_replays_recorded_frames(client: Client) -> None:
+    final = client.predict(*reverse_args(steps=12), api_name="/reverse_sample")
+    first = client.predict(0, api_name="/reverse_scrub")
+    last = client.predict(11, api_name="/reverse_scrub")
+    assert "step 1 / 12" in first[2] and "step 12 / 12" in last[2]
+    assert np.array_equal(np.asarray(Image.open(last[0])), np.asarray(Image.open(final[0])))
