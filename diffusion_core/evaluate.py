@@ -166,7 +166,8 @@ class EvalArgs:
     write_card: bool = False  # also record the result under "evaluation" in the checkpoint's JSON
 
 
-def evaluate(a: EvalArgs) -> dict[str, object]:
+def evaluate_samples(a: EvalArgs) -> tuple[dict[str, object], torch.Tensor]:
+    """Sample as `a` says and score the samples; returns (the JSON result, samples [N x C x H x W] on the CPU)."""
     device = select_device(a.device)
     set_threads()
     ckpt = load_checkpoint(a.checkpoint, device)
@@ -174,32 +175,43 @@ def evaluate(a: EvalArgs) -> dict[str, object]:
                          clip_x0=a.clip_x0, guidance=a.guidance)
     labels = None
     if a.all_labels:
-        labels = torch.arange(a.num) % ckpt.model_config.num_classes if ckpt.model_config.conditional else None
-        if labels is None:
+        if not ckpt.model_config.conditional:
             raise ValueError("--all-labels needs a class-conditional checkpoint")
+        labels = torch.arange(a.num) % ckpt.model_config.num_classes
     elif a.label is not None:
         labels = torch.full((a.num,), a.label, dtype=torch.long)
     precision = resolve_precision(a.precision, device)
     t0 = time.perf_counter()
     x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision)
-    sampling_s = time.perf_counter() - t0
     result: dict[str, object] = {
         "checkpoint": ckpt.name, "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta, "spacing": cfg.spacing,
         "clip_x0": cfg.clip_x0, "num": a.num, "seed": a.seed,
         "labels": "all" if a.all_labels else a.label, "guidance": cfg.guidance if labels is not None else None,
-        "sampling_s": round(sampling_s, 2), "device": str(device), "precision": precision,
+        "sampling_s": round(time.perf_counter() - t0, 2), "device": str(device), "precision": precision,
     }
-    if ckpt.dataset == "mnist":
+    result.update(score(ckpt.dataset, x, labels, a.classifier, a.seed))
+    return result, x
+
+
+def score(dataset: str, x: torch.Tensor, labels: torch.Tensor | None, classifier: str = "checkpoints/classifier-mnist",
+          seed: int = 0) -> dict[str, object]:
+    """The metrics of the module docstring for samples x [N x C x H x W] in [-1, 1] of `dataset`."""
+    out: dict[str, object] = {}
+    if dataset == "mnist":
         from .classifier import load_classifier
 
-        result.update(mnist_metrics(x, labels, load_classifier(a.classifier), a.seed))
+        out.update(mnist_metrics(x, labels, load_classifier(classifier), seed))
         train = load_mnist()[0]
     else:
         imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        result["clean_disc"] = round(float(np.mean([is_clean_disc(i) for i in imgs])), 4)
+        out["clean_disc"] = round(float(np.mean([is_clean_disc(i) for i in imgs])), 4)
         train = make_circles(5000, torch.Generator().manual_seed(0))[0]
-    result.update(copying_check(x, train))
-    return result
+    out.update(copying_check(x, train))
+    return out
+
+
+def evaluate(a: EvalArgs) -> dict[str, object]:
+    return evaluate_samples(a)[0]
 
 
 def evaluation_key(r: dict[str, object]) -> str:

@@ -1,0 +1,201 @@
+"""Sampling speed: model cost, the machine's matmul limit, per-step time per execution path,
+end-to-end runs, and our loop against diffusers' schedulers driving the same model.
+
+    python bench/sampling.py [--checkpoints mnist-linear circles] [--repeats 7] [--quality 500] [--app]
+
+--app adds the app's figures: cold start of `python app.py` to the first served page, and
+bench/app_latency.py (forward-scrub handler, time to the first streamed frame, full runs).
+
+Prints tables; every figure is the median of --repeats runs measured in this one process.
+Nothing here is a test: machines are shared and noisy, so read ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffusion_core.checkpoints import load_checkpoint  # noqa: E402
+from diffusion_core.inference import InferenceModel, native_bfloat16  # noqa: E402
+from diffusion_core.runtime import available_cores, select_device, set_threads  # noqa: E402
+from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample  # noqa: E402
+
+
+def median_time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int, n: int = 1024) -> float:
+    """Measured GFLOP/s of an n x n x n matmul."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    dt = median_time(lambda: torch.mm(a, b), repeats, warmup=3)
+    return 2 * n**3 / dt / 1e9
+
+
+def model_gflop(model: torch.nn.Module, cfg) -> float:
+    x = torch.randn(1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+        model(x, torch.tensor([500]), None)
+    return fc.get_total_flops() / 1e9
+
+
+def paths(model: torch.nn.Module, device: torch.device) -> dict[str, InferenceModel]:
+    out = {"float32": InferenceModel(model, "float32"),
+           "float32 channels-last": InferenceModel(model, "float32", channels_last=True)}
+    out["bfloat16 autocast"] = InferenceModel(model, "bfloat16")
+    out["bfloat16 channels-last"] = InferenceModel(model, "bfloat16", channels_last=True)
+    for m in out.values():  # channels_last converts the shared module in place: undo for the others
+        m.model.to(memory_format=torch.contiguous_format)
+    return out
+
+
+def step_time(model, cfg, batch: int, repeats: int, device) -> float:
+    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
+    t = torch.full((batch,), 500, device=device)
+    with torch.inference_mode():
+        return median_time(lambda: model(x, t, None), repeats)
+
+
+def our_loop(model, ckpt, sampler: str, steps: int, n: int, device, seed: int = 0) -> torch.Tensor:
+    g = make_generator(seed)
+    x_T = initial_noise((n, ckpt.model_config.in_channels, ckpt.model_config.image_size,
+                         ckpt.model_config.image_size), g, device)
+    cfg = SamplerConfig(sampler, steps, spacing="leading")
+    with torch.inference_mode():
+        return sample(model, ckpt.schedule, x_T, cfg, None, g)
+
+
+def diffusers_loop(model, ckpt, sampler: str, steps: int, n: int, device, seed: int = 0) -> torch.Tensor:
+    """How a diffusers user samples: scheduler.set_timesteps, then model + scheduler.step per timestep."""
+    import diffusers
+
+    beta = {"linear": "linear", "cosine": "squaredcos_cap_v2"}[ckpt.schedule.config.name]
+    cls = diffusers.DDIMScheduler if sampler == "ddim" else diffusers.DDPMScheduler
+    sched = cls(num_train_timesteps=ckpt.schedule.num_timesteps, beta_schedule=beta, clip_sample=True)
+    sched.set_timesteps(steps)
+    g = make_generator(seed)
+    x = initial_noise((n, ckpt.model_config.in_channels, ckpt.model_config.image_size,
+                       ckpt.model_config.image_size), g, device)
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            eps = model(x, t.expand(n).to(device), None)
+            x = sched.step(eps, t, x, generator=g).prev_sample
+    return x
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoints", nargs="+", default=["mnist-linear"])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quality", type=int, default=0, help="also evaluate float32 vs bfloat16 on this many samples")
+    p.add_argument("--app", action="store_true", help="also measure the app: cold start and bench/app_latency.py")
+    a = p.parse_args()
+    device = select_device(a.device)
+    threads = set_threads(a.threads or None)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    print(f"# machine: {cpu}, {available_cores()} cores, {threads} threads, device {device}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, torch {torch.__version__}, "
+          f"native bfloat16: {native_bfloat16(device)}")
+    peak = {"float32": matmul_peak(torch.float32, device, a.repeats),
+            "bfloat16": matmul_peak(torch.bfloat16, device, a.repeats)}
+    print(f"# matmul peak (1024^3): float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s\n")
+
+    for name in a.checkpoints:
+        ckpt = load_checkpoint(ROOT / "checkpoints" / name, device)
+        gf = model_gflop(ckpt.model.cpu(), ckpt.model_config)
+        ckpt.model.to(device)
+        print(f"## {name}: {sum(p.numel() for p in ckpt.model.parameters()) / 1e6:.2f} M parameters, "
+              f"{gf:.3f} GFLOP per image per step\n")
+        print("| path | batch 1 ms | batch 4 ms | batch 16 ms | batch 16 / FLOP bound |")
+        print("|---|---|---|---|---|")
+        ps = paths(ckpt.model, device)
+        best, best_t = "float32", float("inf")
+        for pname, m in ps.items():
+            ts = [step_time(m, ckpt.model_config, b, a.repeats, device) for b in (1, 4, 16)]
+            bound = gf * 16 / peak["bfloat16" if "bfloat16" in pname else "float32"]
+            print(f"| {pname} | {ts[0] * 1e3:.2f} | {ts[1] * 1e3:.2f} | {ts[2] * 1e3:.2f} | {ts[2] / bound:.2f}x |")
+            if ts[2] < best_t:
+                best, best_t = pname, ts[2]
+        fast = ps[best]
+        print(f"\nfastest at batch 16: {best}\n")
+        print("| end to end | ours, fastest path (s) | diffusers loop, same path (s) | diffusers loop, float32 model "
+              "as a diffusers user runs it (s) | ours / same path | ours / float32 user |")
+        print("|---|---|---|---|---|---|")
+        plain = ps["float32"]
+        reps = max(3, a.repeats // 2)
+        for sampler, steps, n in (("ddim", 50, 16), ("ddpm", 1000, 4)):
+            ours = median_time(lambda: our_loop(fast, ckpt, sampler, steps, n, device), reps, 1)
+            try:
+                same = median_time(lambda: diffusers_loop(fast, ckpt, sampler, steps, n, device), reps, 1)
+                user = median_time(lambda: diffusers_loop(plain, ckpt, sampler, steps, n, device), reps, 1)
+                cells = f"{same:.3f} | {user:.3f} | {ours / same:.2f} | {ours / user:.2f}"
+            except ImportError:
+                cells = "diffusers not installed | - | - | -"
+            print(f"| {sampler.upper()}-{steps}, {n} images ({best}) | {ours:.3f} | {cells} |")
+        if a.quality and ckpt.dataset == "mnist":
+            from diffusion_core.evaluate import EvalArgs, evaluate
+
+            print("\n| quality, DDIM-50, n = %d | fd | fd_real_floor | confident | coverage |" % a.quality)
+            print("|---|---|---|---|---|")
+            for prec, seed in (("float32", 0), ("float32", 1), ("bfloat16", 0), ("bfloat16", 1)):
+                r = evaluate(EvalArgs(checkpoint=str(ROOT / "checkpoints" / name), num=a.quality, seed=seed,
+                                      precision=prec, device=a.device))
+                print(f"| {prec}, seed {seed} | {r['fd']} | {r['fd_real_floor']} | {r['confident']} | {r['coverage']} |")
+        print()
+    if a.app:
+        app_figures()
+
+
+def app_figures() -> None:
+    """Cold start of `python app.py` to its first served page, then bench/app_latency.py's figures."""
+    import os
+    import socket
+    import subprocess
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - t0 < 120:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.05)
+        print(f"## app\n\ncold start, `python app.py` to the first served page: {time.perf_counter() - t0:.2f} s\n")
+    finally:
+        proc.terminate()
+        proc.wait()
+    subprocess.run([sys.executable, str(ROOT / "bench" / "app_latency.py"), "--repeats", "10"], cwd=ROOT, check=False)
+
+
+if __name__ == "__main__":
+    main()
