@@ -15,6 +15,7 @@ from .state import Registry, load_registry
 
 MAX_FILE_SIZE = "5mb"  # uploads are images to be shrunk to 28x28 or 32x32
 QUEUE_MAX_SIZE = 32  # waiting events beyond this are refused with "queue full"
+DELETE_CACHE = (1800, 3600)  # every 30 min, delete files Gradio cached for this app that are over an hour old
 CSS = ".gradio-container {max-width: 1400px !important} footer {display: none !important}"
 
 
@@ -23,13 +24,15 @@ def header(reg: Registry) -> str:
         f"`{n}` ({c.dataset}, {c.schedule.config.name}, {'conditional' if c.model_config.num_classes else 'unconditional'})"
         for n, c in reg.checkpoints.items()
     )
+    skipped = "".join(f"\n\n⚠ Checkpoint `{n}` was not loaded: {why}" for n, why in reg.skipped.items())
     return (f"# Diffusion Explorer\nHow DDPM and DDIM turn noise into images, on small U-Nets trained for this app. "
-            f"**Device: {reg.device.type.upper()}** ({reg.precision}) · {reg.threads} CPU threads · models: {models}")
+            f"**Device: {reg.device.type.upper()}** ({reg.precision}) · {reg.threads} CPU threads · models: {models}"
+            + skipped)
 
 
 def build_app(reg: Registry | None = None) -> gr.Blocks:
     reg = reg or load_registry()
-    with gr.Blocks(title="Diffusion Explorer", analytics_enabled=False) as demo:
+    with gr.Blocks(title="Diffusion Explorer", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(header(reg), elem_id="header")
         with gr.Tabs():
             with gr.Tab("1 · Forward process", id="forward"):
@@ -51,8 +54,11 @@ def build_app(reg: Registry | None = None) -> gr.Blocks:
 
 
 def launch_kwargs() -> dict:
-    """Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads them itself)."""
-    return dict(max_file_size=MAX_FILE_SIZE, css=CSS, ssr_mode=False, show_error=True,
+    """Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads them itself).
+
+    share=False: never open a public *.gradio.live tunnel unless someone edits this on purpose.
+    """
+    return dict(share=False, max_file_size=MAX_FILE_SIZE, css=CSS, ssr_mode=False, show_error=True,
                 footer_links=["api"], theme=gr.themes.Soft())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterator
 
 import gradio as gr
@@ -29,6 +30,7 @@ SAMPLING = dict(concurrency_id="sampling", concurrency_limit=1)  # CPU-bound wor
 LIGHT = dict(concurrency_id="light", concurrency_limit=4)  # scrubbing and small figures
 MIN_FRAME_INTERVAL_S = 1 / 20  # stream at most ~20 frames per second
 MAX_RECORDED_FRAMES = 100  # frames of a trajectory kept for the scrub slider and the GIF
+MAX_GUIDANCE = 8.0  # the guidance slider's upper end
 
 
 def md(text: str, **kw: object) -> gr.Markdown:
@@ -36,7 +38,11 @@ def md(text: str, **kw: object) -> gr.Markdown:
 
 
 def friendly(fn: Callable) -> Callable:
-    """Turn the core's ValueErrors (bad settings) into gr.Error, for plain and generator handlers."""
+    """Turn the core's ValueErrors (bad settings) into gr.Error, for plain and generator handlers.
+
+    Every value that reaches a handler through the API is checked (by Gradio's component validation
+    or here) and answered with a message naming it and what is allowed; the app keeps serving.
+    """
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -71,10 +77,27 @@ def as_int(name: str, value: object) -> int:
     return int(f)
 
 
+def as_float(name: str, value: object, lo: float, hi: float) -> float:
+    """A finite number in [lo, hi] from a UI value, or ValueError."""
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(f) or not lo <= f <= hi:
+        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    return f
+
+
 def labels_for(ckpt: Checkpoint, digit: str | None, num: int) -> torch.Tensor | None:
-    """Class labels for a conditional model ("any" = the null label, i.e. unconditional); None otherwise."""
-    if ckpt.model_config.num_classes == 0 or digit in (None, "", ANY_DIGIT):
+    """Class labels for a conditional model ("any" = the null label, i.e. unconditional); None for "any".
+
+    A digit for an unconditional model is refused (the UI hides the choice and resets it to "any").
+    """
+    if digit in (None, "", ANY_DIGIT):
         return None
+    if ckpt.model_config.num_classes == 0:
+        raise ValueError(f"checkpoint {ckpt.name!r} is unconditional: it cannot be asked for digit {digit!r} "
+                         f"(choose {ANY_DIGIT!r})")
     d = as_int("digit", digit)
     if not 0 <= d < ckpt.model_config.num_classes:
         raise ValueError(f"digit must lie in 0..{ckpt.model_config.num_classes - 1}, got {d}")
@@ -120,3 +143,43 @@ def inference_steps(gen: Iterator[Step]) -> Iterator[Step]:
             yield step
     finally:
         gen.close()  # type: ignore[attr-defined]
+
+
+def _atomic_save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """gradio.processing_utils.save_pil_to_cache, but race-free.
+
+    Gradio 6.31.0 names a cached image by the hash of its bytes and rewrites that file in place on
+    every call, so when two visitors get the same picture at once (the same example at the same t,
+    the same seed) one may download it while the other truncates it: the client sees "peer closed
+    connection" (bench/load.py found 40 of 300 scrubs failing). Here an existing file is reused and a
+    new one is written under a temporary name and renamed into place, as Gradio already does for files.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from gradio import processing_utils as pu
+
+    data = pu.encode_pil_to_bytes(img, format)
+    d = Path(cache_dir) / pu.hash_bytes(data)
+    d.mkdir(exist_ok=True, parents=True)
+    path = (d / f"{name}.{format}").resolve()
+    if path.exists() and path.stat().st_size == len(data):
+        os.utime(path)  # delete_cache ages files by ctime: keep a reused copy alive
+        return str(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return str(path)
+
+
+def patch_gradio_image_cache() -> None:
+    """Install _atomic_save_pil_to_cache (every Gradio caller looks it up on the module at call time)."""
+    from gradio import processing_utils as pu
+
+    if pu.save_pil_to_cache is not _atomic_save_pil_to_cache:
+        pu.save_pil_to_cache = _atomic_save_pil_to_cache
+
+
+patch_gradio_image_cache()

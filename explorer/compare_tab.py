@@ -9,7 +9,7 @@ import gradio as gr
 from diffusion_core.explain import interleave_by_timestep
 from diffusion_core.samplers import SamplerConfig
 
-from .common import ANY_DIGIT, GPU, MIN_FRAME_INTERVAL_S, SAMPLING, as_int, friendly, md, start
+from .common import ANY_DIGIT, GPU, LIGHT, MAX_GUIDANCE, MIN_FRAME_INTERVAL_S, SAMPLING, as_float, as_int, friendly, md, start
 from .images import display
 from .state import METRICS, Registry
 
@@ -39,9 +39,10 @@ def build(reg: Registry) -> dict:
     def run(name: str, ddpm_steps: object, ddim_steps: object, eta: float, seed: object, num: object,
             digit: str, guidance: float):
         ckpt = reg.get(name)
-        g = float(guidance)
+        g = as_float("guidance scale", guidance, 0, MAX_GUIDANCE)
         c_ddpm = SamplerConfig(sampler="ddpm", steps=as_int("DDPM steps", ddpm_steps), guidance=g)
-        c_ddim = SamplerConfig(sampler="ddim", steps=as_int("DDIM steps", ddim_steps), eta=float(eta), guidance=g)
+        c_ddim = SamplerConfig(sampler="ddim", steps=as_int("DDIM steps", ddim_steps), eta=as_float("eta", eta, 0, 1),
+                               guidance=g)
         # Each sampler gets its own generator seeded alike: both draw the same x_T first.
         a = start(ckpt, c_ddpm, seed, num, digit, reg.device)
         b = start(ckpt, c_ddim, seed, num, digit, reg.device)
@@ -97,7 +98,10 @@ def build(reg: Registry) -> dict:
 
     ev = go.click(GPU(friendly(run)), [ckpt, ddpm_steps, ddim_steps, eta, seed, num, digit, guidance],
                   [a_img, b_img, a_md, b_md, d_img, d_md], api_name="compare", show_progress="minimal", **SAMPLING)
-    stop.click(None, None, None, cancels=[ev], api_name="compare_stop")
-    ckpt.input(lambda n: [gr.update(visible=reg.get(n).model_config.num_classes > 0)] * 2, ckpt, [digit, guidance],
-               api_name="compare_model")
+    stop.click(None, None, None, cancels=[ev], api_name="compare_stop", **LIGHT)
+    def on_model(name: str):
+        c = reg.get(name).model_config.num_classes > 0
+        return gr.update(visible=c) if c else gr.update(visible=False, value=ANY_DIGIT), gr.update(visible=c)
+
+    ckpt.input(friendly(on_model), ckpt, [digit, guidance], api_name="compare_model", **LIGHT)
     return {}

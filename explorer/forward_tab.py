@@ -32,6 +32,13 @@ draw many samples each way at the current t and compare their mean and std.
 """
 
 
+def _x0(state: dict | None) -> torch.Tensor:
+    """The chosen image, or a clear error for a session that has not picked one (possible through the API)."""
+    if not state or "x0" not in state:
+        raise ValueError("no image chosen yet: pick a dataset example (/forward_example) or upload one first")
+    return state["x0"]
+
+
 def _state_for(img_tensor: torch.Tensor, kind: str, source: str, fmt: str) -> dict:
     return {"x0": img_tensor, "kind": kind, "source": source, "format": fmt}
 
@@ -68,6 +75,7 @@ def build(reg: Registry) -> dict:
         return _state_for(x0, "upload", path, fmt), display(x0[None]), note
 
     def change_format(state: dict, fmt: str):
+        _x0(state)
         x0, note = convert(state["kind"], state["source"], fmt)
         return _state_for(x0, state["kind"], state["source"], fmt), display(x0[None]), note
 
@@ -82,7 +90,7 @@ def build(reg: Registry) -> dict:
         t = as_int("t", t)
         if not 0 <= t < s.num_timesteps:
             raise ValueError(f"t must lie in 0..{s.num_timesteps - 1}, got {t}")
-        x0 = state["x0"][None]
+        x0 = _x0(state)[None]
         eps = noise_for(state["x0"], seed)
         x_t = q_sample(s, x0, torch.tensor([t]), eps)
         ab = s.alphas_cumprod[t].item()
@@ -91,16 +99,23 @@ def build(reg: Registry) -> dict:
         return display(x_t), display(eps), info, figures.signal_noise(s, t), figures.histogram(x_t, t)
 
     def strip(state: dict, schedule: str, seed: object):
+        if schedule not in reg.schedules:
+            raise ValueError(f"unknown schedule {schedule!r}; allowed: {', '.join(reg.schedules)}")
         s = reg.schedules[schedule]
-        eps = noise_for(state["x0"], seed)
+        eps = noise_for(_x0(state), seed)
         ts = strip_timesteps(s.num_timesteps)
         x0 = state["x0"][None].expand(len(ts), *state["x0"].shape)
         xs = q_sample(s, x0, torch.tensor(ts), eps.expand_as(x0))
         return [(display(xs[i: i + 1], 128), f"t = {t}") for i, t in enumerate(ts)]
 
     def chain(state: dict, schedule: str, t: object, num: object):
+        if schedule not in reg.schedules:
+            raise ValueError(f"unknown schedule {schedule!r}; allowed: {', '.join(reg.schedules)}")
         s = reg.schedules[schedule]
+        _x0(state)
         t, n = as_int("t", t), as_int("samples", num)
+        if not 0 <= t < s.num_timesteps:
+            raise ValueError(f"t must lie in 0..{s.num_timesteps - 1}, got {t}")
         if not 2 <= n <= 1000:
             raise ValueError(f"samples must lie in 2..1000, got {n}")
         r = chain_vs_jump(s, state["x0"], t, n, make_generator(0))

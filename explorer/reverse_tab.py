@@ -11,7 +11,8 @@ from diffusion_core.explain import frame_indices, step_stats
 from diffusion_core.samplers import SamplerConfig
 
 from . import figures
-from .common import ANY_DIGIT, GPU, LIGHT, MAX_RECORDED_FRAMES, MIN_FRAME_INTERVAL_S, SAMPLING, as_int, friendly, md, start
+from .common import (ANY_DIGIT, GPU, LIGHT, MAX_GUIDANCE, MAX_RECORDED_FRAMES, MIN_FRAME_INTERVAL_S, SAMPLING,
+                     as_float, as_int, friendly, md, start)
 from .images import display_grid, raw_grid, write_gif
 from .state import METRICS, Registry
 
@@ -29,6 +30,9 @@ $$x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma_t^2
 Classifier-free guidance mixes the conditional and unconditional predictions:
 $\hat\varepsilon = \varepsilon_\theta(x_t, \varnothing) + w\,\big(\varepsilon_\theta(x_t, y) - \varepsilon_\theta(x_t, \varnothing)\big)$.
 """
+
+
+TRAJECTORY_TTL_S = 3600  # a recorded trajectory is dropped an hour after its last update (or when the tab closes)
 
 
 def status(step_index: int, num_steps: int, t: int, t_prev: int, note: str = "") -> str:
@@ -52,9 +56,10 @@ def build(reg: Registry) -> dict:
             guidance: float):
         """Stream (x_t, predicted x_0, status) while sampling; finally the chart, scrub slider and GIF."""
         ckpt = reg.get(name)
-        cfg = SamplerConfig(sampler=sampler, steps=as_int("steps", steps), eta=float(eta), guidance=float(guidance))
+        cfg = SamplerConfig(sampler=sampler, steps=as_int("steps", steps), eta=as_float("eta", eta, 0, 1),
+                            guidance=as_float("guidance scale", guidance, 0, MAX_GUIDANCE))
         steps_iter = start(ckpt, cfg, seed, num, digit, reg.device)
-        keep = frame_indices(cfg.steps, MAX_RECORDED_FRAMES)
+        keep = frame_indices(cfg.steps, MAX_RECORDED_FRAMES)  # bounded: the trajectory lives in gr.State
         traj: dict = {"frames": [], "stats": [], "title": f"{name} · {sampler.upper()} · {cfg.steps} steps"}
         rec = METRICS.start("reverse", cfg.steps)
         last = 0.0
@@ -64,16 +69,17 @@ def build(reg: Registry) -> dict:
                 traj["stats"].append(step_stats(step))
                 now = time.perf_counter()
                 final = step.index == step.num_steps - 1
-                show = step.index == 0 or now - last >= MIN_FRAME_INTERVAL_S or final
-                if step.index in keep or show:  # every streamed frame is also recorded for the scrub slider
-                    traj["frames"].append((step.index, step.num_steps, step.t, step.t_prev,
-                                           raw_grid(step.x), raw_grid(step.x0_pred)))
+                show = (step.index == 0 or now - last >= MIN_FRAME_INTERVAL_S) and not final
+                f = None
+                if step.index in keep:  # at most MAX_RECORDED_FRAMES, evenly spread, first and last included
+                    f = (step.index, step.num_steps, step.t, step.t_prev, raw_grid(step.x), raw_grid(step.x0_pred))
+                    traj["frames"].append(f)
                 if show:
                     last = now
-                    f = traj["frames"][-1]
-                    if not final:
-                        yield (display_grid(f[4]), display_grid(f[5]), status(*f[:4]), traj,
-                               gr.skip(), gr.skip(), gr.skip())
+                    f = f or (step.index, step.num_steps, step.t, step.t_prev, raw_grid(step.x),
+                              raw_grid(step.x0_pred))
+                    yield (display_grid(f[4]), display_grid(f[5]), status(*f[:4]), traj,
+                           gr.skip(), gr.skip(), gr.skip())
             yield finish(traj)
         finally:
             rec.closed = True  # runs on normal end and when Gradio closes the generator (Stop)
@@ -104,13 +110,15 @@ def build(reg: Registry) -> dict:
         return display_grid(f[4]), display_grid(f[5]), status(*f[:4], f" · recorded frame {k + 1}/{len(frames)}")
 
     def on_model(name: str):
-        return gr.update(visible=conditional(name)), gr.update(visible=conditional(name))
+        """Show digit and guidance for conditional models; an unconditional one gets digit "any" (it has no labels)."""
+        c = conditional(name)
+        return gr.update(visible=c) if c else gr.update(visible=False, value=ANY_DIGIT), gr.update(visible=c)
 
     def on_sampler(sampler: str):
         return gr.update(value=1000 if sampler == "ddpm" else 50), gr.update(interactive=sampler == "ddim")
 
     md(INTRO)
-    traj = gr.State(None)
+    traj = gr.State(None, time_to_live=TRAJECTORY_TTL_S)
     with gr.Row():
         ckpt = gr.Dropdown(names, value=names[0], label="Checkpoint")
         sampler = gr.Radio(["ddim", "ddpm"], value="ddim", label="Sampler")
@@ -146,6 +154,6 @@ def build(reg: Registry) -> dict:
     stop.click(friendly(stopped), [traj], outs, cancels=[ev], api_name="reverse_stop", **LIGHT)
     scrub.input(friendly(show_frame), [traj, scrub], [xt, x0, info], api_name="reverse_scrub",
                 trigger_mode="always_last", show_progress="hidden", **LIGHT)
-    ckpt.input(on_model, ckpt, [digit, guidance], api_name="reverse_model", **LIGHT)
+    ckpt.input(friendly(on_model), ckpt, [digit, guidance], api_name="reverse_model", **LIGHT)
     sampler.input(on_sampler, sampler, [steps, eta], api_name="reverse_sampler", **LIGHT)
     return {}

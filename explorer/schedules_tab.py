@@ -49,8 +49,9 @@ def build(reg: Registry) -> dict:
         out = []
         for name in mnist:
             ckpt = reg.get(name)
+            d = digit if ckpt.model_config.num_classes else ANY_DIGIT  # unconditional models draw any digit
             for n in STEPS:
-                steps = start(ckpt, SamplerConfig("ddim", steps=n, guidance=2.0), seed, 8, digit, reg.device)
+                steps = start(ckpt, SamplerConfig("ddim", steps=n, guidance=2.0), seed, 8, d, reg.device)
                 x = None
                 for step in steps:
                     x = step.x

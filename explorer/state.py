@@ -111,6 +111,7 @@ class RunRecord:
     planned: int  # sampler steps the run would compute if not stopped
     done: int = 0  # sampler steps actually computed
     closed: bool = False  # the handler's generator has finished or been closed
+    started: float = field(default_factory=time.perf_counter)  # when the run began (perf_counter seconds)
 
 
 class Metrics:

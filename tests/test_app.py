@@ -1,8 +1,8 @@
 """The app through its public API: gradio_client against the app launched on localhost in this process.
 
-Two random-weight checkpoints stand in for the trained ones (the app must not depend on training
+Random-weight checkpoints stand in for the trained ones (the app must not depend on training
 progress): `tiny` (the lesson net, fast) and `slow` (the residual "fast" preset, ~10x the work per
-step), both MNIST-shaped and class-conditional.
+step), both MNIST-shaped and class-conditional, and `uncond`, an unconditional MNIST-shaped lesson net.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def free_port() -> int:
 def make_checkpoints(directory: Path) -> Path:
     torch.manual_seed(0)
     for name, cfg in (("tiny", preset("lesson", base_channels=8, num_classes=10)),
-                      ("slow", preset("fast", num_classes=10))):
+                      ("slow", preset("fast", num_classes=10)),
+                      ("uncond", preset("lesson", base_channels=8, num_classes=0))):
         save_checkpoint(directory / name, randomize(build_model(cfg)), cfg, ScheduleConfig("linear", 1000), "mnist")
     # Not a diffusion checkpoint: must be skipped by discovery.
     (directory / "classifier-x.json").write_text('{"format": "something-else"}')
@@ -82,7 +83,7 @@ def reverse_args(ckpt="tiny", sampler="ddim", steps=10, eta=0.0, seed=0, num=2, 
 
 
 def test_discovery_skips_non_diffusion_cards(ckpt_dir: Path) -> None:
-    assert sorted(p.name for p in discover_checkpoints(ckpt_dir)) == ["slow", "tiny"]
+    assert sorted(p.name for p in discover_checkpoints(ckpt_dir)) == ["slow", "tiny", "uncond"]
 
 
 @pytest.mark.parametrize("t, schedule", [(0, "linear"), (250, "linear"), (600, "cosine"), (999, "cosine")])
