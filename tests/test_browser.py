@@ -87,7 +87,7 @@ def tour(page, url: str, out: Path, sampler: str = "ddpm", compare_ddpm_steps: i
     seen["frames_changed"] = first != second
     page.wait_for_timeout(1500)
     page.locator("#reverse-stop").click()
-    page.wait_for_function("document.querySelector('#reverse-status').innerText.includes('stopped')", timeout=30_000)
+    page.wait_for_function("document.querySelector('#reverse-status').innerText.includes('stopped')", timeout=120_000)
     seen["status_after_stop"] = page.locator("#reverse-status").inner_text()
     page.wait_for_timeout(800)
     page.screenshot(path=str(out / "2-reverse.png"), full_page=True)
