@@ -43,7 +43,20 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-cards", action="store_true")
     p.add_argument("--grids", default="")
+    p.add_argument("--report", action="store_true", help="only print the tables from the cards' evaluation results")
     a = p.parse_args()
+    if a.report:
+        results, pixel = {}, {}
+        for name in a.checkpoints:
+            path = ROOT / "checkpoints" / name
+            if path.with_suffix(".json").exists():
+                card = read_card(path)
+                rs = list(card.get("evaluation", {}).values())
+                results[name] = [r for r in rs if not (r["sampler"] == "ddim" and r["num"] != max(x["num"] for x in rs))]
+                if "evaluation_ddpm1000_vs_ddim50_mean_abs_pixel" in card:
+                    pixel[name] = card["evaluation_ddpm1000_vs_ddim50_mean_abs_pixel"]
+        print_tables(results, pixel)
+        return
 
     results: dict[str, list[dict]] = {}
     pixel: dict[str, float] = {}
@@ -85,6 +98,10 @@ def main() -> None:
                 guided = samples[("ddim", 50, a.num, "all")][:80]  # sample i is digit i % 10: one digit per column
                 save_images(to_uint8(guided), Path(a.grids) / f"{name}-guided.png", nrow=10)
 
+    print_tables(results, pixel)
+
+
+def print_tables(results: dict[str, list[dict]], pixel: dict[str, float]) -> None:
     print("\n| checkpoint | sampler | n | " + " | ".join(MNIST_KEYS) + " |")
     print("|---" * (3 + len(MNIST_KEYS)) + "|")
     for name, rs in results.items():
