@@ -40,7 +40,7 @@ def main() -> None:
     a = ap.parse_args()
 
     reg = load_registry(a.checkpoints)
-    model = a.model or reg.names[0]
+    model = a.model or ("mnist-linear" if "mnist-linear" in reg.names else reg.names[0])
     demo = build_app(reg)
     # The scrub handler, timed in the server process itself (no HTTP, no queue).
     scrub_fn = next(d.fn for d in demo.fns.values() if d.api_name == "forward_scrub")
