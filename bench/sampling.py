@@ -13,7 +13,6 @@ Nothing here is a test: machines are shared and noisy, so read ratios, not absol
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys

@@ -9,10 +9,8 @@ accuracy on the held-out 500 (50 per class), and writes safetensors + a JSON car
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn

@@ -12,7 +12,7 @@ Two architectures share one config and one call signature, `model(x_t, t, y=None
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
 import torch

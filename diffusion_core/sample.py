@@ -14,7 +14,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .checkpoints import Checkpoint, CheckpointError, load_checkpoint
