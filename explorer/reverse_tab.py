@@ -151,7 +151,10 @@ def build(reg: Registry) -> dict:
     outs = [xt, x0, info, traj, chart, scrub, gif]
     ev = play.click(GPU(friendly(run)), [ckpt, sampler, steps, eta, seed, num, digit, guidance], outs,
                     api_name="reverse_sample", show_progress="minimal", **SAMPLING)
-    stop.click(friendly(stopped), [traj], outs, cancels=[ev], api_name="reverse_stop", **LIGHT)
+    # Cancel first, then render the stopped run: Gradio's front end drops the outputs of an event
+    # that itself cancels the event writing the same components (seen in Chromium on a quiet machine).
+    stop.click(None, None, None, cancels=[ev], api_visibility="private", **LIGHT).then(
+        friendly(stopped), [traj], outs, api_name="reverse_stop", **LIGHT)
     scrub.input(friendly(show_frame), [traj, scrub], [xt, x0, info], api_name="reverse_scrub",
                 trigger_mode="always_last", show_progress="hidden", **LIGHT)
     ckpt.input(friendly(on_model), ckpt, [digit, guidance], api_name="reverse_model", **LIGHT)
