@@ -101,6 +101,9 @@ def load_registry(directory: str | os.PathLike[str] | None = None, device: str =
             log.warning("skipping checkpoint %s: %s", path, e)
     if not loaded:
         raise RuntimeError(f"no diffusion checkpoint could be loaded from {directory} (skipped: {skipped or 'none found'})")
+    # Visitors see the first model by default: MNIST before circles, linear before cosine.
+    loaded = dict(sorted(loaded.items(), key=lambda kv: (kv[1].dataset != "mnist",
+                                                         kv[1].schedule.config.name != "linear", kv[0])))
     schedules = {name: make_schedule(name, 1000) for name in SCHEDULE_NAMES}
     return Registry(dev, threads, precision, loaded, schedules, skipped)
 
