@@ -102,18 +102,13 @@ def main() -> None:
 
 
 def print_tables(results: dict[str, list[dict]], pixel: dict[str, float]) -> None:
-    print("\n| checkpoint | sampler | n | " + " | ".join(MNIST_KEYS) + " |")
-    print("|---" * (3 + len(MNIST_KEYS)) + "|")
-    for name, rs in results.items():
-        for r in rs:
-            if "fd" in r:
-                print(row(name, r, MNIST_KEYS))
-    print("\n| checkpoint | sampler | n | " + " | ".join(CIRCLE_KEYS) + " |")
-    print("|---" * (3 + len(CIRCLE_KEYS)) + "|")
-    for name, rs in results.items():
-        for r in rs:
-            if "clean_disc" in r:
-                print(row(name, r, CIRCLE_KEYS))
+    for keys, marker in ((MNIST_KEYS, "fd"), (CIRCLE_KEYS, "clean_disc")):  # one table per dataset kind
+        print("\n| checkpoint | sampler | n | " + " | ".join(keys) + " |")
+        print("|---" * (3 + len(keys)) + "|")
+        for name, rs in results.items():
+            for r in rs:
+                if marker in r:
+                    print(row(name, r, keys))
     print("\nDDPM-1000 vs DDIM-50 from the same x_T, mean |difference| per pixel (range [-1, 1]):")
     print(json.dumps({k: round(v, 4) for k, v in pixel.items()}))
 
