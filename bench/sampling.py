@@ -58,13 +58,12 @@ def model_gflop(model: torch.nn.Module, cfg) -> float:
 
 
 def paths(model: torch.nn.Module, device: torch.device) -> dict[str, InferenceModel]:
-    out = {"float32": InferenceModel(model, "float32"),
-           "float32 channels-last": InferenceModel(model, "float32", channels_last=True)}
-    out["bfloat16 autocast"] = InferenceModel(model, "bfloat16")
-    out["bfloat16 channels-last"] = InferenceModel(model, "bfloat16", channels_last=True)
-    for m in out.values():  # channels_last converts the shared module in place: undo for the others
-        m.model.to(memory_format=torch.contiguous_format)
-    return out
+    """Every execution path; each but plain float32 works on its own copy of the weights."""
+    return {"float32": InferenceModel(model, "float32"),
+            "float32 channels-last": InferenceModel(model, "float32", channels_last=True),
+            "bfloat16 autocast": InferenceModel(model, "bfloat16", autocast=True),
+            "bfloat16 weights": InferenceModel(model, "bfloat16"),
+            "bfloat16 weights channels-last": InferenceModel(model, "bfloat16", channels_last=True)}
 
 
 def step_time(model, cfg, batch: int, repeats: int, device) -> float:

@@ -3,14 +3,17 @@
 `InferenceModel` wraps a trained eps-model with the same call signature and `.cfg`, so the
 samplers need not know about it. Paths (measured by bench/sampling.py):
 - "float32": plain eager float32.
-- "bfloat16": bfloat16 autocast for the convolutions and matmuls (output back in float32), used
-  by "auto" only where the hardware computes bfloat16 natively: CUDA with bf16 support, or an x86
-  CPU with AVX-512 BF16 or AMX. Elsewhere bfloat16 is emulated and slower, so "auto" stays float32.
+- "bfloat16": the whole net in bfloat16 (a copy of the weights cast once; output back in float32),
+  used by "auto" only where the hardware computes bfloat16 natively: CUDA with bf16 support, or an
+  x86 CPU with AVX-512 BF16 or AMX. Elsewhere bfloat16 is emulated and slower, so "auto" stays
+  float32. `autocast=True` runs the float32 weights under torch.autocast instead, which re-casts
+  every weight on every call; bench/sampling.py measures both.
 The sampler's own arithmetic (x_t, x_0, eps updates) always runs in float32.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Literal, get_args
 
@@ -52,19 +55,31 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 class InferenceModel(torch.nn.Module):
-    """eps_theta under the chosen precision: `InferenceModel(model, "bfloat16")(x, t, y) -> float32 eps`."""
+    """eps_theta under the chosen precision: `InferenceModel(model, "bfloat16")(x, t, y) -> float32 eps`.
 
-    def __init__(self, model: torch.nn.Module, precision: str = "float32", channels_last: bool = False) -> None:
+    float32 wraps `model` itself; bfloat16 (without autocast) and channels-last work on a copy, so the
+    caller's model is never changed.
+    """
+
+    def __init__(self, model: torch.nn.Module, precision: str = "float32", channels_last: bool = False,
+                 autocast: bool = False) -> None:
         super().__init__()
         check_choice("precision", precision, PRECISIONS[1:])
-        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.precision = precision
+        self.autocast = autocast and precision == "bfloat16"
+        self.dtype = torch.bfloat16 if precision == "bfloat16" and not self.autocast else torch.float32
         self.channels_last = channels_last
+        if self.dtype != torch.float32 or channels_last:
+            model = copy.deepcopy(model).to(dtype=self.dtype)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        self.model = model
         self.cfg = getattr(model, "cfg", None)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.model(x, t, y)
         return out.float().contiguous()

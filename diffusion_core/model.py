@@ -157,7 +157,8 @@ class Embedding(nn.Module):
         self.label = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
 
     def forward(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        emb = self.mlp(timestep_embedding(t, self.base))  # [N x emb_dim]
+        dtype = self.mlp[0].weight.dtype  # float32, or bfloat16 when the whole net was cast
+        emb = self.mlp(timestep_embedding(t, self.base).to(dtype))  # [N x emb_dim]
         if self.label is not None:
             if y is None:
                 y = torch.full_like(t, self.label.num_embeddings - 1, dtype=torch.long)

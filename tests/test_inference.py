@@ -27,12 +27,19 @@ def test_float32_path_is_the_model(net) -> None:
 
 def test_bfloat16_path_is_close(net) -> None:
     x, t = torch.randn(4, 1, 28, 28), torch.tensor([1, 200, 600, 999])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.inference_mode():
         ref = net(x, t)
-        out = InferenceModel(net, "bfloat16")(x, t)
-    assert out.dtype == torch.float32
-    rel = (out - ref).norm() / ref.norm()
-    assert 0 < rel < 0.03  # bfloat16 has 8 bits of mantissa: about 0.4% per op
+        for kw in (dict(), dict(autocast=True), dict(channels_last=True)):
+            m = InferenceModel(net, "bfloat16", **kw)
+            out = m(x, t)
+            assert out.dtype == torch.float32 and out.is_contiguous()
+            rel = (out - ref).norm() / ref.norm()
+            assert 0 < rel < 0.03, kw  # bfloat16 has 8 bits of mantissa: about 0.4% per op
+            assert next(m.model.parameters()).dtype == (torch.float32 if kw.get("autocast") else torch.bfloat16)
+    for k, v in net.state_dict().items():  # the caller's model is untouched
+        assert v.dtype == torch.float32 and torch.equal(v, before[k]), k
+    assert next(net.parameters()).is_contiguous()
 
 
 def test_precision_choice() -> None:
