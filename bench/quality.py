@@ -2,9 +2,11 @@
 
     python bench/quality.py [--num 1000] [--ddpm-num 250] [--write-cards] [--grids assets/samples]
 
-For each MNIST checkpoint: DDIM at 10, 20 and 50 steps (eta 0) unconditional, DDIM-50 guided
-over all ten digits, and DDPM-1000 (on --ddpm-num samples: it costs 20x DDIM-50), each with the
-real-vs-real floor at the same count; then DDPM-1000 vs DDIM-50 from the same x_T, per pixel.
+For each MNIST checkpoint: DDIM at 10, 20 and 50 steps (eta 0), unconditional (the null label) and
+guided over all ten digits (classifier-free guidance, --guidance), DDIM-50 conditional without
+guidance (w = 1), and DDPM-1000 unconditional and guided (on --ddpm-num samples: it costs 20x
+DDIM-50), each with the real-vs-real floor at the same count; then DDPM-1000 vs DDIM-50 from the
+same x_T, per pixel.
 For circles checkpoints: the share of clean discs at DDIM-50 and DDPM-1000. Prints Markdown
 tables; --write-cards files every result under "evaluation" in the checkpoint's JSON card and
 --grids saves an 8x8 sample grid per checkpoint.
@@ -30,16 +32,19 @@ CIRCLE_KEYS = ("clean_disc", "nn_ratio", "copy_share", "sampling_s")
 
 
 def row(name: str, r: dict, keys: tuple[str, ...]) -> str:
-    what = f"{r['sampler'].upper()}-{r['steps']}" + (f", guided w={r['guidance']}" if r["labels"] is not None else "")
+    what = f"{r['sampler'].upper()}-{r['steps']}"
+    if r["labels"] is not None:  # every digit in turn: guided, or conditional without guidance at w = 1
+        what += ", conditional w=1" if r["guidance"] == 1.0 else f", guided w={r['guidance']}"
     return "| " + " | ".join([name, what, str(r["num"])] + [str(r.get(k, "-")) for k in keys]) + " |"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", nargs="+", default=["mnist-linear", "mnist-cosine", "circles", "circles-lesson"])
+    p.add_argument("--dir", default=str(ROOT / "checkpoints"), help="folder holding the checkpoints")
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--ddpm-num", type=int, default=250)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-cards", action="store_true")
     p.add_argument("--grids", default="")
@@ -48,7 +53,7 @@ def main() -> None:
     if a.report:
         results, pixel = {}, {}
         for name in a.checkpoints:
-            path = ROOT / "checkpoints" / name
+            path = Path(a.dir) / name
             if path.with_suffix(".json").exists():
                 card = read_card(path)
                 rs = list(card.get("evaluation", {}).values())
@@ -61,18 +66,24 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     pixel: dict[str, float] = {}
     for name in a.checkpoints:
-        path = ROOT / "checkpoints" / name
+        path = Path(a.dir) / name
         if not path.with_suffix(".json").exists():
             print(f"(skipping {name}: no checkpoint)", file=sys.stderr)
             continue
         card = read_card(path)
         mnist = card["dataset"] == "mnist"
+        conditional = mnist and bool(card["model"]["num_classes"])
         runs = [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, num=a.num, seed=a.seed)
                 for n in ((10, 20, 50) if mnist else (50,))]
-        if mnist and card["model"]["num_classes"]:
+        if conditional:
+            runs += [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, num=a.num, seed=a.seed,
+                              all_labels=True, guidance=a.guidance) for n in (10, 20, 50)]
             runs.append(EvalArgs(checkpoint=str(path), sampler="ddim", steps=50, num=a.num, seed=a.seed,
-                                 all_labels=True, guidance=a.guidance))
+                                 all_labels=True, guidance=1.0))
         runs.append(EvalArgs(checkpoint=str(path), sampler="ddpm", num=a.ddpm_num, seed=a.seed))
+        if conditional:
+            runs.append(EvalArgs(checkpoint=str(path), sampler="ddpm", num=a.ddpm_num, seed=a.seed,
+                                 all_labels=True, guidance=a.guidance))
         runs.append(EvalArgs(checkpoint=str(path), sampler="ddim", steps=50, num=a.ddpm_num, seed=a.seed))
         out, samples = [], {}
         for ea in runs:
@@ -80,12 +91,12 @@ def main() -> None:
             r, x = evaluate_samples(ea)
             print(f"{name}: {evaluation_key(r)} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             out.append(r)
-            samples[(r["sampler"], r["steps"], r["num"], r["labels"])] = x
+            samples[(r["sampler"], r["steps"], r["num"], r["labels"]) + ((r["guidance"],) if r["labels"] else ())] = x
         # DDPM-1000 vs DDIM-50 from the same x_T (same seed and batch size: generate draws x_T first).
         ddpm = samples[("ddpm", 1000, a.ddpm_num, None)]
         ddim = samples[("ddim", 50, a.ddpm_num, None)]
         pixel[name] = float((ddpm - ddim).abs().mean())  # in [-1, 1] units
-        results[name] = out[:-1] if a.ddpm_num != a.num else out  # the small DDIM-50 run only served the comparison
+        results[name] = out[:-1]  # the last DDIM-50 run only served the comparison
         if a.write_cards:
             card = read_card(path)
             card["evaluation"] = {evaluation_key(r): r for r in out}
@@ -94,8 +105,8 @@ def main() -> None:
         if a.grids:
             big = samples[(("ddim", 50, a.num, None))][:64]
             save_images(to_uint8(big), Path(a.grids) / f"{name}-ddim50.png", nrow=8)
-            if mnist and card["model"]["num_classes"]:
-                guided = samples[("ddim", 50, a.num, "all")][:80]  # sample i is digit i % 10: one digit per column
+            if conditional:
+                guided = samples[("ddim", 50, a.num, "all", a.guidance)][:80]  # sample i is digit i % 10: one digit per column
                 save_images(to_uint8(guided), Path(a.grids) / f"{name}-guided.png", nrow=10)
 
     print_tables(results, pixel)
