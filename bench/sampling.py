@@ -66,6 +66,17 @@ def paths(model: torch.nn.Module, device: torch.device) -> dict[str, InferenceMo
             "bfloat16 weights channels-last": InferenceModel(model, "bfloat16", channels_last=True)}
 
 
+class Zero(torch.nn.Module):
+    """A stand-in eps-model that costs nothing: isolates what a sampling loop spends around the model."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
 def step_time(model, cfg, batch: int, repeats: int, device) -> float:
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
     t = torch.full((batch,), 500, device=device)
@@ -152,6 +163,25 @@ def main() -> None:
             except ImportError:
                 cells = "diffusers not installed | - | - | -"
             print(f"| {sampler.upper()}-{steps}, {n} images ({best}) | {ours:.3f} | {cells} |")
+        # What the loops cost around the model: the model replaced by a constant (zeros).
+        zero = Zero(ckpt.model_config)
+        cells = []
+        for sampler, steps, n in (("ddim", 50, 16), ("ddpm", 1000, 4)):
+            ours = median_time(lambda: our_loop(zero, ckpt, sampler, steps, n, device), reps, 1) / steps
+            try:
+                theirs = median_time(lambda: diffusers_loop(zero, ckpt, sampler, steps, n, device), reps, 1) / steps
+                cells.append(f"{sampler.upper()}, batch {n}: ours {ours * 1e6:.0f} us, diffusers {theirs * 1e6:.0f} us")
+            except ImportError:
+                cells.append(f"{sampler.upper()}, batch {n}: ours {ours * 1e6:.0f} us")
+        print("\nsampler arithmetic per step, model replaced by a constant: " + "; ".join(cells))
+        # The thread count: the same call on 1 thread and on all of them.
+        per_thread = []
+        for n_threads in sorted({1, threads}):
+            torch.set_num_threads(n_threads)
+            per_thread.append(f"{n_threads} thread{'s' if n_threads > 1 else ''} "
+                              f"{step_time(fast, ckpt.model_config, 16, a.repeats, device) * 1e3:.2f} ms")
+        torch.set_num_threads(threads)
+        print(f"threads, {best} at batch 16: " + ", ".join(per_thread))
         if a.quality and ckpt.dataset == "mnist":
             from diffusion_core.evaluate import EvalArgs, evaluate
 
