@@ -7,7 +7,7 @@ guided over all ten digits (classifier-free guidance, --guidance), DDIM-50 condi
 guidance (w = 1), and DDPM-1000 unconditional and guided (on --ddpm-num samples: it costs 20x
 DDIM-50), each with the real-vs-real floor at the same count; then DDPM-1000 vs DDIM-50 from the
 same x_T, per pixel.
-For circles checkpoints: the share of clean discs at DDIM-50 and DDPM-1000. Prints Markdown
+For circles checkpoints: the share of clean discs at DDIM-50 (eta 0 and 1) and DDPM-1000. Prints Markdown
 tables; --write-cards files every result under "evaluation" in the checkpoint's JSON card and
 --grids saves an 8x8 sample grid per checkpoint.
 """
@@ -32,7 +32,7 @@ CIRCLE_KEYS = ("clean_disc", "nn_ratio", "copy_share", "sampling_s")
 
 
 def row(name: str, r: dict, keys: tuple[str, ...]) -> str:
-    what = f"{r['sampler'].upper()}-{r['steps']}"
+    what = f"{r['sampler'].upper()}-{r['steps']}" + (f", eta={r['eta']}" if r["sampler"] == "ddim" and r["eta"] else "")
     if r["labels"] is not None:  # every digit in turn: guided, or conditional without guidance at w = 1
         what += ", conditional w=1" if r["guidance"] == 1.0 else f", guided w={r['guidance']}"
     return "| " + " | ".join([name, what, str(r["num"])] + [str(r.get(k, "-")) for k in keys]) + " |"
@@ -75,6 +75,8 @@ def main() -> None:
         conditional = mnist and bool(card["model"]["num_classes"])
         runs = [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, num=a.num, seed=a.seed)
                 for n in ((10, 20, 50) if mnist else (50,))]
+        if not mnist:  # stochastic DDIM: eta = 1 re-injects noise each step (the DDPM variance)
+            runs.append(EvalArgs(checkpoint=str(path), sampler="ddim", steps=50, eta=1.0, num=a.num, seed=a.seed))
         if conditional:
             runs += [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, num=a.num, seed=a.seed,
                               all_labels=True, guidance=a.guidance) for n in (10, 20, 50)]
@@ -91,10 +93,10 @@ def main() -> None:
             r, x = evaluate_samples(ea)
             print(f"{name}: {evaluation_key(r)} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             out.append(r)
-            samples[(r["sampler"], r["steps"], r["num"], r["labels"]) + ((r["guidance"],) if r["labels"] else ())] = x
+            samples[(r["sampler"], r["steps"], r["eta"], r["num"], r["labels"], r["guidance"])] = x
         # DDPM-1000 vs DDIM-50 from the same x_T (same seed and batch size: generate draws x_T first).
-        ddpm = samples[("ddpm", 1000, a.ddpm_num, None)]
-        ddim = samples[("ddim", 50, a.ddpm_num, None)]
+        ddpm = samples[("ddpm", 1000, 0.0, a.ddpm_num, None, None)]
+        ddim = samples[("ddim", 50, 0.0, a.ddpm_num, None, None)]
         pixel[name] = float((ddpm - ddim).abs().mean())  # in [-1, 1] units
         results[name] = out[:-1]  # the last DDIM-50 run only served the comparison
         if a.write_cards:
@@ -103,10 +105,10 @@ def main() -> None:
             card["evaluation_ddpm1000_vs_ddim50_mean_abs_pixel"] = round(pixel[name], 4)
             write_card(path, card)
         if a.grids:
-            big = samples[(("ddim", 50, a.num, None))][:64]
+            big = samples[("ddim", 50, 0.0, a.num, None, None)][:64]
             save_images(to_uint8(big), Path(a.grids) / f"{name}-ddim50.png", nrow=8)
             if conditional:
-                guided = samples[("ddim", 50, a.num, "all", a.guidance)][:80]  # sample i is digit i % 10: one digit per column
+                guided = samples[("ddim", 50, 0.0, a.num, "all", a.guidance)][:80]  # sample i is digit i % 10: one digit per column
                 save_images(to_uint8(guided), Path(a.grids) / f"{name}-guided.png", nrow=10)
 
     print_tables(results, pixel)
