@@ -48,7 +48,9 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
-    c = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    # download_files=False: a visitor's browser fetches the images on its own machine; downloading them
+    # here would put the client's work on the server's cores.
+    c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
     print(f"device {reg.device} · {reg.threads} threads · model {model}")
 
     fmt = reg.get(model).dataset

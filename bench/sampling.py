@@ -182,6 +182,8 @@ def main() -> None:
                               f"{step_time(fast, ckpt.model_config, 16, a.repeats, device) * 1e3:.2f} ms")
         torch.set_num_threads(threads)
         print(f"threads, {best} at batch 16: " + ", ".join(per_thread))
+        if device.type == "cpu":
+            second_thread_figure(name, best, a.repeats)
         if a.quality and ckpt.dataset == "mnist":
             from diffusion_core.evaluate import EvalArgs, evaluate
 
@@ -194,6 +196,36 @@ def main() -> None:
         print()
     if a.app:
         app_figures()
+
+
+def second_thread_figure(name: str, path: str, repeats: int) -> None:
+    """DDIM-50 for 16 images on the main thread, then after a second OS thread has run torch work
+    (what a server's worker threads do), in a fresh process: see diffusion_core.runtime.TorchThread."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, __file__, "--second-thread", name, path, str(max(3, repeats // 2))],
+                         cwd=ROOT, capture_output=True, text=True)
+    print(out.stdout.strip() or f"second-thread figure failed: {out.stderr.strip()[-300:]}")
+
+
+def second_thread_run(name: str, path: str, repeats: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    set_threads()
+    device = torch.device("cpu")
+    ckpt = load_checkpoint(ROOT / "checkpoints" / name, device)
+    model = paths(ckpt.model, device)[path]
+
+    def ddim() -> float:
+        return median_time(lambda: our_loop(model, ckpt, "ddim", 50, 16, device), repeats, 1)
+
+    alone = ddim()
+    with ThreadPoolExecutor(1) as pool:  # a worker that stays alive, as a server's worker threads do
+        worker = pool.submit(ddim).result()
+        after = ddim()
+    print(f"torch work from a second OS thread ({path}, DDIM-50, 16 images): main thread alone {alone:.3f} s; "
+          f"then on a second, living thread {worker:.3f} s ({worker / alone:.2f}x); main thread again {after:.3f} s "
+          f"({after / alone:.2f}x). The app runs all of its torch work on one thread (diffusion_core.runtime.TorchThread)")
 
 
 def app_figures() -> None:
@@ -226,4 +258,7 @@ def app_figures() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 5 and sys.argv[1] == "--second-thread":
+        second_thread_run(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        main()

@@ -1,5 +1,6 @@
-"""Helpers shared by the tabs: error translation, the optional ZeroGPU decorator, LaTeX Markdown,
-turning UI values into core arguments, and running a sampler generator step by step."""
+"""Helpers shared by the tabs: the handler wrapper (torch thread, error translation), the optional
+ZeroGPU decorator, LaTeX Markdown, turning UI values into core arguments, and running a sampler
+generator step by step."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import gradio as gr
 import torch
 
 from diffusion_core.checkpoints import Checkpoint
+from diffusion_core.runtime import torch_thread
 from diffusion_core.samplers import SamplerConfig, Step, initial_noise, make_generator, sample_progressive
 
 try:  # On a ZeroGPU Space, `spaces.GPU` attaches a GPU to the decorated call; elsewhere it is a no-op.
@@ -38,8 +40,12 @@ def md(text: str, **kw: object) -> gr.Markdown:
 
 
 def friendly(fn: Callable) -> Callable:
-    """Turn the core's ValueErrors (bad settings) into gr.Error, for plain and generator handlers.
+    """Wrap a handler (plain or generator): run it on the process's torch thread, and turn the core's
+    ValueErrors (bad settings) into gr.Error.
 
+    Gradio calls handlers, and resumes streaming ones, on any of its worker threads; torch work from
+    more than one OS thread slows every later forward pass about 1.8x on a 2-core machine
+    (diffusion_core.runtime.TorchThread says why), so every handler runs on the one torch thread.
     Every value that reaches a handler through the API is checked (by Gradio's component validation
     or here) and answered with a message naming it and what is allowed; the app keeps serving.
     """
@@ -48,7 +54,7 @@ def friendly(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def gen(*args, **kwargs):
             try:
-                yield from fn(*args, **kwargs)
+                yield from torch_thread().iterate(fn(*args, **kwargs))
             except ValueError as e:
                 raise gr.Error(str(e)) from None
 
@@ -57,7 +63,7 @@ def friendly(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def plain(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            return torch_thread().run(fn, *args, **kwargs)
         except ValueError as e:
             raise gr.Error(str(e)) from None
 
@@ -130,9 +136,9 @@ def start(
 def inference_steps(gen: Iterator[Step]) -> Iterator[Step]:
     """Advance `gen` one step at a time under torch.inference_mode.
 
-    Gradio resumes a streaming handler on any worker thread, and grad mode is thread-local, so
-    the mode is entered around each step rather than around the loop. Closing this closes `gen`,
-    which stops the computation.
+    Grad mode is thread-local and a generator may be resumed on another thread (the app resumes
+    its handlers on the torch thread, tests and scripts on theirs), so the mode is entered around
+    each step rather than around the loop. Closing this closes `gen`, which stops the computation.
     """
     try:
         while True:

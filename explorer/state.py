@@ -19,7 +19,7 @@ import torch
 
 from diffusion_core.checkpoints import FORMAT, Checkpoint, CheckpointError, load_checkpoint
 from diffusion_core.inference import InferenceModel, resolve_precision
-from diffusion_core.runtime import select_device, set_threads
+from diffusion_core.runtime import select_device, set_threads, torch_thread
 from diffusion_core.schedules import SCHEDULE_NAMES, NoiseSchedule, make_schedule
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,16 @@ def load_registry(directory: str | os.PathLike[str] | None = None, device: str =
 
     `directory` defaults to $EXPLORER_CHECKPOINTS or ./checkpoints; `precision` to $EXPLORER_PRECISION
     or "auto" (bfloat16 where the hardware computes it natively: the fastest path that holds quality,
-    see bench/sampling.py). Raises if no checkpoint loads.
+    see bench/sampling.py). Raises if no checkpoint loads. Runs on the torch thread, like every
+    handler (explorer.common.friendly), so that one OS thread does all of the app's torch work; the
+    calling thread and threads started later get one intra-op thread each (TorchThread.confine_others).
     """
+    reg = torch_thread().run(_load_registry, directory, device, precision)
+    torch_thread().confine_others()
+    return reg
+
+
+def _load_registry(directory: str | os.PathLike[str] | None, device: str, precision: str | None) -> Registry:
     directory = Path(directory or os.environ.get("EXPLORER_CHECKPOINTS") or DEFAULT_CHECKPOINT_DIR)
     dev = select_device(device)
     threads = set_threads()

@@ -8,6 +8,7 @@ step), both MNIST-shaped and class-conditional, and `uncond`, an unconditional M
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from diffusion_core.forward import q_sample
 from diffusion_core.inference import InferenceModel, resolve_precision
 from diffusion_core.model import build_model, preset
 from diffusion_core.render import to_uint8
+from diffusion_core.runtime import torch_thread
 from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample
 from diffusion_core.schedules import ScheduleConfig, make_schedule
 
@@ -30,6 +32,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from explorer import build_app, launch_kwargs  # noqa: E402
+from explorer.common import friendly  # noqa: E402
 from explorer.images import convert_image, examples  # noqa: E402
 from explorer.state import METRICS, discover_checkpoints, load_registry  # noqa: E402
 
@@ -57,8 +60,13 @@ def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def url(ckpt_dir: Path):
-    demo = build_app(load_registry(ckpt_dir))
+def reg(ckpt_dir: Path):
+    return load_registry(ckpt_dir)
+
+
+@pytest.fixture(scope="module")
+def url(reg):
+    demo = build_app(reg)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
     yield f"http://127.0.0.1:{port}/"
@@ -205,3 +213,39 @@ def test_scrub_replays_recorded_frames(client: Client) -> None:
     last = client.predict(11, api_name="/reverse_scrub")
     assert "step 1 / 12" in first[2] and "step 12 / 12" in last[2]
     assert np.array_equal(np.asarray(Image.open(last[0])), np.asarray(Image.open(final[0])))
+
+
+def test_all_torch_work_runs_on_the_torch_thread(client: Client, reg) -> None:
+    """Gradio runs handlers on many worker threads; the app's forward passes must all run on one
+    (diffusion_core.runtime.TorchThread: a second thread's OpenMP pool slows every forward ~1.8x)."""
+    model = reg.get("tiny").model
+    threads: list[int] = []
+    original = model.forward
+
+    def recording(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return original(*args, **kwargs)
+
+    model.forward = recording
+    try:
+        for _ in range(2):
+            client.predict(*reverse_args(steps=10, guidance=1.0), api_name="/reverse_sample")
+        client.predict("tiny", 7, 5, 0.0, 0, 1, "3", 1.0, api_name="/compare")
+    finally:
+        del model.forward
+    assert len(threads) == 2 * 10 + 7 + 5
+    assert set(threads) == {torch_thread().ident}
+    assert torch.get_num_threads() == 1  # the test's own thread was confined by load_registry
+    assert torch_thread().run(torch.get_num_threads) == reg.threads
+
+
+def test_handlers_run_on_the_torch_thread() -> None:
+    def plain() -> int:
+        return threading.get_ident()
+
+    def streaming():
+        yield threading.get_ident()
+        yield threading.get_ident()
+
+    assert friendly(plain)() == torch_thread().ident
+    assert set(friendly(streaming)()) == {torch_thread().ident}
