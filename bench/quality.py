@@ -27,7 +27,8 @@ from diffusion_core.checkpoints import read_card, write_card  # noqa: E402
 from diffusion_core.evaluate import EvalArgs, evaluate_samples, evaluation_key  # noqa: E402
 from diffusion_core.render import save_images, to_uint8  # noqa: E402
 
-MNIST_KEYS = ("fd", "fd_real_floor", "confident", "coverage", "label_accuracy", "nn_ratio", "copy_share", "sampling_s")
+MNIST_KEYS = ("fd", "fd_real_floor", "confident", "coverage", "coverage_real_floor", "label_accuracy", "nn_ratio", "copy_share",
+              "sampling_s")
 CIRCLE_KEYS = ("clean_disc", "nn_ratio", "copy_share", "sampling_s")
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import ROOT
 from diffusion_core.data import make_circles
-from diffusion_core.evaluate import class_coverage, copying_check, frechet_distance, is_clean_disc
+from diffusion_core.evaluate import class_coverage, copying_check, frechet_distance, is_clean_disc, real_floors
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -73,7 +73,8 @@ def test_evaluate_prints_json(tiny_checkpoint: Path) -> None:
     r = run("diffusion_core.evaluate", "--checkpoint", str(tiny_checkpoint), "--steps", "3", "--num", "40",
             "--all-labels", "--guidance", "2")
     out = json.loads(r.stdout)
-    for key in ("fd", "fd_real_floor", "confident", "coverage", "label_accuracy", "nn_ratio", "copy_share"):
+    for key in ("fd", "fd_real_floor", "confident", "coverage", "coverage_real_floor", "label_accuracy", "nn_ratio",
+                "copy_share"):
         assert key in out
     assert out["fd"] > out["fd_real_floor"] > 0  # random weights are far from the data
     assert out["num"] == 40 and out["labels"] == "all"
@@ -97,6 +98,19 @@ def test_frechet_distance_matches_scipy_sqrtm() -> None:
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy_linalg.sqrtm(s1 @ s2).real)
     assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+
+
+def test_real_floors_show_the_sampling_noise_of_coverage() -> None:
+    """Draws from perfectly balanced classes cover them fully only when all are drawn: at n = 1000 of
+    5,000, chance alone leaves coverage near 0.95, which is why the evaluation reports that floor."""
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(5000, 4)).astype(np.float32)
+    pred = np.arange(5000) % 10
+    fd_all, cov_all = real_floors(feats, pred, 5000)
+    assert cov_all == pytest.approx(1.0) and fd_all == pytest.approx(0.0, abs=1e-6)
+    fd_1k, cov_1k = real_floors(feats, pred, 1000)
+    assert 0.92 < cov_1k < 0.985 and fd_1k > 0
+    assert real_floors(feats, pred, 1000, seed=0) == (fd_1k, cov_1k)  # seeded
 
 
 def test_coverage() -> None:
