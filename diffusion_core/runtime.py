@@ -69,11 +69,20 @@ class TorchThread:
     """
 
     def __init__(self, name: str = "torch") -> None:
+        self._name = name
+        self._threads: int | None = None  # the pool size kept here, recorded by confine_others
+        self._start()
+        # A forked child (ZeroGPU's workers, a preloading server) inherits no threads: start one there.
+        os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
         self._ident: int | None = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=self._started)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=self._name, initializer=self._started)
 
     def _started(self) -> None:
         self._ident = threading.get_ident()
+        if self._threads:
+            set_threads(self._threads)
 
     @property
     def ident(self) -> int:
@@ -107,6 +116,7 @@ class TorchThread:
         and cannot start a second OpenMP pool; this thread keeps the pool that `set_threads` sized.
         """
         if threading.get_ident() != self.ident:
+            self._threads = self.run(torch.get_num_threads)
             torch.set_num_threads(1)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import pytest
 import torch
@@ -88,3 +90,34 @@ def test_confine_others_leaves_the_torch_thread_its_pool(tt: TorchThread) -> Non
 
 def test_torch_thread_is_one_per_process() -> None:
     assert torch_thread() is torch_thread()
+
+
+def test_a_forked_child_gets_its_own_torch_thread(tt: TorchThread) -> None:
+    """Threads do not survive fork(); without a new one, the child's first call would wait forever."""
+    before = torch.get_num_threads()
+    try:
+        tt.run(set_threads, 2)
+        tt.confine_others()
+        parent_ident = tt.ident
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, never return into pytest
+            code = 1
+            try:
+                ok = tt.run(threading.get_ident) != threading.get_ident() and tt.run(torch.get_num_threads) == 2
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's TorchThread did not answer")
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert tt.ident == parent_ident  # the parent's thread is untouched
+    finally:
+        torch.set_num_threads(before)
