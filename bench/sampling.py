@@ -178,10 +178,10 @@ def main() -> None:
         per_thread = []
         for n_threads in sorted({1, threads}):
             torch.set_num_threads(n_threads)
-            per_thread.append(f"{n_threads} thread{'s' if n_threads > 1 else ''} "
-                              f"{step_time(fast, ckpt.model_config, 16, a.repeats, device) * 1e3:.2f} ms")
+            per_thread.append(f"{n_threads} thread{'s' if n_threads > 1 else ''} " + " / ".join(
+                f"{step_time(fast, ckpt.model_config, b, a.repeats, device) * 1e3:.2f}" for b in (4, 16)) + " ms")
         torch.set_num_threads(threads)
-        print(f"threads, {best} at batch 16: " + ", ".join(per_thread))
+        print(f"threads, {best} at batch 4 / 16: " + ", ".join(per_thread))
         if device.type == "cpu":
             second_thread_figure(name, best, a.repeats)
         if a.quality and ckpt.dataset == "mnist":

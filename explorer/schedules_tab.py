@@ -24,7 +24,8 @@ $$\bar\alpha_t^{\text{linear}} = \prod_{s\le t}(1-\beta_s),\qquad
 
 STEPS = (10, 20, 50)
 METRIC_NAMES = {"fd": "Fréchet dist. ↓", "fd_real_floor": "real-data floor", "confident": "confident ↑",
-                "coverage": "class coverage ↑", "label_accuracy": "label acc. ↑", "clean_disc": "clean discs ↑"}
+                "coverage": "class coverage ↑", "coverage_real_floor": "real-data coverage",
+                "label_accuracy": "label acc. ↑", "clean_disc": "clean discs ↑"}
 
 
 def quality_table(reg: Registry) -> str:
