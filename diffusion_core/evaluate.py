@@ -123,20 +123,19 @@ def _components(mask: np.ndarray) -> int:
     return count
 
 
-def real_floors(f_train: np.ndarray, pred_train: np.ndarray, num: int, seed: int = 0) -> tuple[float, float]:
-    """What `num` real training digits score, averaged over 3 random draws (seeded): (fd, coverage).
+def real_floors(f_train: np.ndarray, pred_train: np.ndarray, num: int, seed: int = 0, fd_draws: int = 3,
+                coverage_draws: int = 100) -> tuple[float, float]:
+    """What `num` real training digits score, averaged over random draws (seeded): (fd, coverage).
 
     The best a sampler can expect at this sample count: FD is biased upwards at small n, and class
-    coverage of n i.i.d. draws from balanced classes falls short of 1 by sampling noise alone
-    (about 0.955 at n = 1000).
+    coverage of n draws from balanced classes falls short of 1 by chance alone (0.967 +- 0.008 at
+    n = 1000 of the 5,000 digits; an i.i.d. sampler that is exactly balanced gets 0.962 +- 0.010).
+    Coverage is cheap, so it averages more draws; the first `fd_draws` serve both.
     """
     g = torch.Generator().manual_seed(seed)
-    fds, covs = [], []
-    for _ in range(3):
-        idx = torch.randperm(len(f_train), generator=g)[:num].numpy()
-        fds.append(frechet_distance(f_train[idx], f_train))
-        covs.append(class_coverage(pred_train[idx]))
-    return float(np.mean(fds)), float(np.mean(covs))
+    draws = [torch.randperm(len(f_train), generator=g)[:num].numpy() for _ in range(max(fd_draws, coverage_draws))]
+    fd = float(np.mean([frechet_distance(f_train[i], f_train) for i in draws[:fd_draws]]))
+    return fd, float(np.mean([class_coverage(pred_train[i]) for i in draws[:coverage_draws]]))
 
 
 @torch.no_grad()
