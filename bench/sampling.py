@@ -1,5 +1,6 @@
 """Sampling speed: model cost, the machine's matmul limit, per-step time per execution path,
-end-to-end runs, and our loop against diffusers' schedulers driving the same model.
+end-to-end runs, our loop against diffusers' schedulers driving the same model, and what torch
+work from a second OS thread costs (why the app keeps its torch work on one thread).
 
     python bench/sampling.py [--checkpoints mnist-linear circles] [--repeats 7] [--quality 500] [--app]
 
@@ -183,7 +184,7 @@ def main() -> None:
         torch.set_num_threads(threads)
         print(f"threads, {best} at batch 4 / 16: " + ", ".join(per_thread))
         if device.type == "cpu":
-            second_thread_figure(name, best, a.repeats)
+            second_thread_figure(name, best, a.repeats, threads)
         if a.quality and ckpt.dataset == "mnist":
             from diffusion_core.evaluate import EvalArgs, evaluate
 
@@ -198,20 +199,21 @@ def main() -> None:
         app_figures()
 
 
-def second_thread_figure(name: str, path: str, repeats: int) -> None:
-    """DDIM-50 for 16 images on the main thread, then after a second OS thread has run torch work
-    (what a server's worker threads do), in a fresh process: see diffusion_core.runtime.TorchThread."""
+def second_thread_figure(name: str, path: str, repeats: int, threads: int) -> None:
+    """DDIM-50 for 16 images on the main thread, on a second OS thread, and on the main thread again
+    while the second lives (what a server's worker threads do), in a fresh process, since the
+    slowdown lasts as long as the second thread: see diffusion_core.runtime.TorchThread."""
     import subprocess
 
-    out = subprocess.run([sys.executable, __file__, "--second-thread", name, path, str(max(3, repeats // 2))],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, "--second-thread", name, path, str(max(3, repeats // 2)),
+                          str(threads)], cwd=ROOT, capture_output=True, text=True, check=False)
     print(out.stdout.strip() or f"second-thread figure failed: {out.stderr.strip()[-300:]}")
 
 
-def second_thread_run(name: str, path: str, repeats: int) -> None:
+def second_thread_run(name: str, path: str, repeats: int, threads: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    set_threads()
+    set_threads(threads)
     device = torch.device("cpu")
     ckpt = load_checkpoint(ROOT / "checkpoints" / name, device)
     model = paths(ckpt.model, device)[path]
@@ -258,7 +260,7 @@ def app_figures() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--second-thread":
-        second_thread_run(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--second-thread":
+        second_thread_run(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
         main()
