@@ -62,8 +62,8 @@ class TorchThread:
     for the next parallel region, but only 100 spins once libgomp manages more threads than there are
     CPUs (libgomp/env.c, `gomp_throttled_spin_count_var`), and then every parallel region has to wake
     its workers through the kernel. So while a second thread that did torch work lives, every forward
-    pass on every thread runs slower: 1.8x on this project's 2-core machine (bench/sampling.py, "torch
-    work from a second OS thread"). Gradio runs handlers on a pool of worker threads, so the app sends
+    pass on every thread runs slower: 1.4x to 1.9x on this project's 2-core machine (bench/sampling.py,
+    "torch work from a second OS thread"). Gradio runs handlers on a pool of worker threads, so the app sends
     all of its torch work through one TorchThread and gives every other thread a single intra-op
     thread (`confine_others`).
     """

@@ -46,7 +46,7 @@ def friendly(fn: Callable) -> Callable:
     ValueErrors (bad settings) into gr.Error.
 
     Gradio calls handlers, and resumes streaming ones, on any of its worker threads; torch work from
-    more than one OS thread slows every later forward pass about 1.8x on a 2-core machine
+    more than one OS thread slows every later forward pass 1.4x to 1.9x on a 2-core machine
     (diffusion_core.runtime.TorchThread says why), so every handler runs on the one torch thread.
     Every value that reaches a handler through the API is checked (by Gradio's component validation
     or here) and answered with a message naming it and what is allowed; the app keeps serving.

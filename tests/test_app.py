@@ -217,7 +217,7 @@ def test_scrub_replays_recorded_frames(client: Client) -> None:
 
 def test_all_torch_work_runs_on_the_torch_thread(client: Client, reg) -> None:
     """Gradio runs handlers on many worker threads; the app's forward passes must all run on one
-    (diffusion_core.runtime.TorchThread: a second thread's OpenMP pool slows every forward ~1.8x)."""
+    (diffusion_core.runtime.TorchThread: a second thread's OpenMP pool slows every forward 1.4x-1.9x)."""
     model = reg.get("tiny").model
     threads: list[int] = []
     original = model.forward
