@@ -301,6 +301,12 @@ def wait_closed(rec, timeout: float = 10.0) -> float:
     return time.perf_counter() - t0
 
 
+def steps_allowed_after_stop(step_s: float) -> int:
+    """A handler can only be closed at a yield: it runs until its next frame (at most one frame
+    interval of steps) and the step in flight finishes."""
+    return math.ceil(MIN_FRAME_INTERVAL_S / step_s) + 1
+
+
 def first_frame_s(client: Client, args) -> float:
     t0 = time.perf_counter()
     job = client.submit(*args, api_name="/reverse_sample")
@@ -343,8 +349,7 @@ def test_stop_closes_the_generator_within_a_frame_and_scrubs_never_wait(url: str
     after = rec.done - received[0]
     time.sleep(3 * step_s + 0.2)
     assert rec.done - received[0] == after, "steps ran after the generator was closed"
-    # The handler runs until its next frame (at most one frame interval) and the step in flight finishes.
-    allowed = math.ceil(MIN_FRAME_INTERVAL_S / step_s) + 1
+    allowed = steps_allowed_after_stop(step_s)
     assert after <= allowed, f"{after} steps ran after the server got Stop ({step_s * 1000:.0f} ms each, {allowed} allowed)"
     # The sampling slot is free at once: the next job's first frame comes without waiting for the old one.
     assert first_frame_s(visitor, R(steps=5, num=1)) < 3.0
@@ -372,9 +377,8 @@ def test_closing_the_page_closes_the_generator(url: str) -> None:
     wait_closed(rec)
     step_s = (time.perf_counter() - rec.started) / max(rec.done, 1)
     assert rec.done < rec.planned
-    # The server notices the drop at its next message to the tab, at most one frame interval later,
-    # and the step in flight finishes.
-    allowed = math.ceil(MIN_FRAME_INTERVAL_S / step_s) + 1
+    # The server notices the drop at its next message to the tab.
+    allowed = steps_allowed_after_stop(step_s)
     assert rec.done - done_at_close <= allowed, (f"{rec.done - done_at_close} steps after the tab closed "
                                                  f"({step_s * 1000:.0f} ms each, {allowed} allowed)")
     assert first_frame_s(c, R(steps=5, num=1)) < 3.0

@@ -53,7 +53,8 @@ def test_iterate_advances_on_the_thread_and_closes_there(tt: TorchThread) -> Non
     assert list(tt.iterate(gen())) == list(range(10))
     assert set(seen) == set(closed_on) == {tt.ident}
 
-    seen.clear(), closed_on.clear()
+    seen.clear()
+    closed_on.clear()
     it = tt.iterate(gen())
     assert [next(it), next(it)] == [0, 1]
     it.close()  # a consumer that stops early (Gradio's Stop) closes the generator on the torch thread
