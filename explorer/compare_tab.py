@@ -59,6 +59,7 @@ def build(reg: Registry) -> dict:
                 now = time.perf_counter()
                 if now - last >= MIN_FRAME_INTERVAL_S and x[0] is not None and x[1] is not None:
                     last = now
+                    rec.frames.append(rec.done)
                     yield display(x[0]), display(x[1]), md_[0], md_[1], gr.skip(), gr.skip()
             diff = (x[0] - x[1]).abs().float().cpu()
             diff_md = (f"mean |DDPM − DDIM| = **{diff.mean().item():.4f}** (pixel range [−1, 1], so the largest "

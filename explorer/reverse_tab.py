@@ -76,6 +76,7 @@ def build(reg: Registry) -> dict:
                     traj["frames"].append(f)
                 if show:
                     last = now
+                    rec.frames.append(rec.done)
                     f = f or (step.index, step.num_steps, step.t, step.t_prev, raw_grid(step.x),
                               raw_grid(step.x0_pred))
                     yield (display_grid(f[4]), display_grid(f[5]), status(*f[:4]), traj,

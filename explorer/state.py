@@ -121,6 +121,7 @@ class RunRecord:
     kind: str  # "reverse" or "compare"
     planned: int  # sampler steps the run would compute if not stopped
     done: int = 0  # sampler steps actually computed
+    frames: list[int] = field(default_factory=list)  # `done` at each streamed frame, in order
     closed: bool = False  # the handler's generator has finished or been closed
     started: float = field(default_factory=time.perf_counter)  # when the run began (perf_counter seconds)
 

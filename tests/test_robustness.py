@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -34,7 +33,6 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from diffusion_core.samplers import initial_noise, make_generator  # noqa: E402
 from explorer import build_app, header, launch_kwargs  # noqa: E402
-from explorer.common import MIN_FRAME_INTERVAL_S  # noqa: E402
 from explorer.images import MAX_PIXELS, convert_image, open_image, write_gif  # noqa: E402
 from explorer.state import METRICS, load_registry  # noqa: E402
 
@@ -301,10 +299,9 @@ def wait_closed(rec, timeout: float = 10.0) -> float:
     return time.perf_counter() - t0
 
 
-def steps_allowed_after_stop(step_s: float) -> int:
-    """A handler can only be closed at a yield: it runs until its next frame (at most one frame
-    interval of steps) and the step in flight finishes."""
-    return math.ceil(MIN_FRAME_INTERVAL_S / step_s) + 1
+def frames_after(rec, done: int) -> list[int]:
+    """The frames a run streamed after it had computed `done` steps (each as the step count it was at)."""
+    return [f for f in rec.frames if f > done]
 
 
 def first_frame_s(client: Client, args) -> float:
@@ -330,7 +327,6 @@ def test_stop_closes_the_generator_within_a_frame_and_scrubs_never_wait(url: str
         session.predict("linear", 0, t, api_name="/forward_scrub")
         lat.append(time.perf_counter() - t0)
     assert not rec.closed and rec.done < rec.planned, "the long job should still be running"
-    step_s = (time.perf_counter() - rec.started) / max(rec.done, 1)
     assert max(lat) < 2.0, f"scrub latencies while sampling: {lat}"
     # Note the step count when the server receives the cancel (the client's request may take a while
     # to be sent; that is gradio_client's business, not the server's).
@@ -347,10 +343,13 @@ def test_stop_closes_the_generator_within_a_frame_and_scrubs_never_wait(url: str
     wait_closed(rec)
     assert received, "the server never received the cancel"
     after = rec.done - received[0]
-    time.sleep(3 * step_s + 0.2)
+    time.sleep(0.3)
     assert rec.done - received[0] == after, "steps ran after the generator was closed"
-    allowed = steps_allowed_after_stop(step_s)
-    assert after <= allowed, f"{after} steps ran after the server got Stop ({step_s * 1000:.0f} ms each, {allowed} allowed)"
+    # Gradio can close a generator only where it yields: the step in flight and the steps up to the next
+    # frame (at most MIN_FRAME_INTERVAL_S of them) still run, and the run ends at that frame.
+    # Stated in frames, not seconds: step times on a shared machine vary too much for a time bound.
+    assert len(frames_after(rec, received[0])) <= 1, f"frames {rec.frames} streamed after Stop at step {received[0]}"
+    assert rec.frames[-1] == rec.done, f"the run ended at step {rec.done}, not at a frame ({rec.frames[-3:]})"
     # The sampling slot is free at once: the next job's first frame comes without waiting for the old one.
     assert first_frame_s(visitor, R(steps=5, num=1)) < 3.0
 
@@ -375,12 +374,12 @@ def test_closing_the_page_closes_the_generator(url: str) -> None:
             done_at_close = rec.done
         # leaving the `with` closes the connection: the page is gone
     wait_closed(rec)
-    step_s = (time.perf_counter() - rec.started) / max(rec.done, 1)
     assert rec.done < rec.planned
-    # The server notices the drop at its next message to the tab.
-    allowed = steps_allowed_after_stop(step_s)
-    assert rec.done - done_at_close <= allowed, (f"{rec.done - done_at_close} steps after the tab closed "
-                                                 f"({step_s * 1000:.0f} ms each, {allowed} allowed)")
+    # The server notices the drop when its next message to the tab fails: the run ends at the first or
+    # second frame after the close.
+    late = frames_after(rec, done_at_close)
+    assert len(late) <= 2, f"frames {rec.frames} streamed after the tab closed at step {done_at_close}"
+    assert rec.frames[-1] == rec.done, f"the run ended at step {rec.done}, not at a frame ({rec.frames[-3:]})"
     assert first_frame_s(c, R(steps=5, num=1)) < 3.0
 
 
