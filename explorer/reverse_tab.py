@@ -79,6 +79,7 @@ def build(reg: Registry) -> dict:
                     rec.frames.append(rec.done)
                     f = f or (step.index, step.num_steps, step.t, step.t_prev, raw_grid(step.x),
                               raw_grid(step.x0_pred))
+                    traj["last"] = f  # the newest frame shown: a stopped run ends here, not at a recorded frame
                     yield (display_grid(f[4]), display_grid(f[5]), status(*f[:4]), traj,
                            gr.skip(), gr.skip(), gr.skip())
             yield finish(traj)
@@ -89,6 +90,9 @@ def build(reg: Registry) -> dict:
     def finish(traj: dict, note: str = ""):
         """Final outputs of a (possibly stopped) run: last frame, chart, scrub slider, GIF."""
         frames = traj.get("frames") if traj else None
+        last = traj.get("last") if traj else None
+        if frames and last is not None and last[0] > frames[-1][0]:
+            frames.append(last)  # stopped between recorded frames: keep the step the visitor last saw
         if not frames:
             return gr.skip(), gr.skip(), "No steps were computed." + note, traj, gr.skip(), gr.skip(), gr.skip()
         f = frames[-1]

@@ -169,6 +169,24 @@ def test_cancel_stops_the_server_side_generator(client: Client) -> None:
     assert rec.done == done < rec.planned == 1000
 
 
+def test_a_stopped_run_ends_at_the_frame_last_shown(reg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop between two recorded frames: the status, scrub slider and GIF end at the step the visitor
+    last saw, not at the last of the (evenly spread) recorded frames."""
+    from explorer import reverse_tab
+
+    monkeypatch.setattr(reverse_tab, "MIN_FRAME_INTERVAL_S", 0.0)  # every step is shown
+    fns = {f.api_name: f.fn for f in build_app(reg).fns.values()}
+    gen = fns["reverse_sample"](*reverse_args(sampler="ddpm", steps=1000, num=1))
+    for _ in range(13):  # 1000 steps keep every 10th frame: steps 1 and 11 are recorded, 13 is not
+        shown = next(gen)
+    gen.close()
+    assert shown[2].startswith("**step 13 / 1000**")
+    xt, x0, note, traj, _chart, slider, _gif = fns["reverse_stop"](shown[3])
+    assert note.startswith("**step 13 / 1000**") and "stopped" in note
+    assert [f[0] for f in traj["frames"]] == [0, 10, 12] and slider.maximum == 2
+    assert np.array_equal(xt, shown[0]) and np.array_equal(x0, shown[1])
+
+
 def test_same_seed_same_images(client: Client, ckpt_dir: Path) -> None:
     args = reverse_args(sampler="ddim", steps=10, eta=0.5, seed=123, num=4)
     a = client.predict(*args, api_name="/reverse_sample")
