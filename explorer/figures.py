@@ -17,7 +17,7 @@ from diffusion_core.explain import StepStats, normal_pdf, snr_db
 from diffusion_core.schedules import NoiseSchedule
 
 HEIGHT = 260
-MARGIN = dict(l=40, r=10, t=30, b=35)
+MARGIN = dict(l=40, r=10, t=30, b=60)  # b: tick labels, the x title, and the legend at the bottom
 _AXIS = dict(gridcolor="#EBF0F8", linecolor="#EBF0F8", ticks="", zerolinecolor="#EBF0F8", zerolinewidth=2,
              automargin=True, title=dict(standoff=15))
 # The parts of plotly's "plotly_white" template that these 2-D figures use.
@@ -40,7 +40,7 @@ def spec(p: PlotData) -> dict[str, Any]:
 
 def _layout(title: str, xaxis: str, yaxis: str = "", **extra: Any) -> dict[str, Any]:
     return dict(title=dict(text=title, font=dict(size=13)), height=HEIGHT, margin=MARGIN,
-                legend=dict(orientation="h", y=-0.25, x=0), xaxis=dict(title=dict(text=xaxis)),
+                legend=dict(orientation="h", yref="container", yanchor="bottom", y=0, x=0), xaxis=dict(title=dict(text=xaxis)),
                 yaxis=dict(title=dict(text=yaxis)), **extra)
 
 
