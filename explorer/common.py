@@ -37,6 +37,14 @@ MAX_RECORDED_FRAMES = 100  # frames of a trajectory kept for the scrub slider an
 MAX_GUIDANCE = 8.0  # the guidance slider's upper end
 
 
+def timestep(t: int) -> str:
+    """A timestep for display: the samplers' last t_prev is -1, the clean sample, shown as "clean x₀".
+
+    The code counts t = 0..T-1 (x_t after t + 1 noising steps); Ho et al. count 1..T and call the clean image x_0.
+    """
+    return "clean x₀" if t < 0 else str(t)
+
+
 def md(text: str, **kw: object) -> gr.Markdown:
     return gr.Markdown(text, latex_delimiters=LATEX, **kw)
 

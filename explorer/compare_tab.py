@@ -9,7 +9,8 @@ import gradio as gr
 from diffusion_core.explain import interleave_by_timestep
 from diffusion_core.samplers import SamplerConfig
 
-from .common import ANY_DIGIT, GPU, LIGHT, MAX_GUIDANCE, MIN_FRAME_INTERVAL_S, SAMPLING, as_float, as_int, friendly, md, start
+from .common import (ANY_DIGIT, GPU, LIGHT, MAX_GUIDANCE, MIN_FRAME_INTERVAL_S, SAMPLING, as_float, as_int, friendly, md,
+                     start, timestep)
 from .images import display
 from .state import METRICS, Registry
 
@@ -29,7 +30,7 @@ $$\text{DDPM: } x_{t-1} = \tilde\mu_t(x_t, \hat x_0) + \sigma_t z \qquad
 
 
 def panel(name: str, clock, step, total: int) -> str:
-    return (f"**{name}** · step {clock.steps} / {total} · t = {step.t_prev} · "
+    return (f"**{name}** · step {clock.steps} / {total} · t = {timestep(step.t_prev)} · "
             f"**{clock.seconds:.2f} s** · **{clock.steps} model calls**")
 
 

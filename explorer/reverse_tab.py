@@ -12,7 +12,7 @@ from diffusion_core.samplers import SamplerConfig
 
 from . import figures
 from .common import (ANY_DIGIT, GPU, LIGHT, MAX_GUIDANCE, MAX_RECORDED_FRAMES, MIN_FRAME_INTERVAL_S, SAMPLING,
-                     as_float, as_int, friendly, md, start)
+                     as_float, as_int, friendly, md, start, timestep)
 from .images import display_grid, raw_grid, write_gif
 from .state import METRICS, Registry
 
@@ -36,7 +36,7 @@ TRAJECTORY_TTL_S = 3600  # a recorded trajectory is dropped an hour after its la
 
 
 def status(step_index: int, num_steps: int, t: int, t_prev: int, note: str = "") -> str:
-    return f"**step {step_index + 1} / {num_steps}** · t = {t} → {t_prev}{note}"
+    return f"**step {step_index + 1} / {num_steps}** · t = {t} → {timestep(t_prev)}{note}"
 
 
 def pair_frame(a: np.ndarray, b: np.ndarray, target: int = 256) -> np.ndarray:

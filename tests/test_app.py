@@ -145,7 +145,7 @@ def test_sampling_streams_before_final(client: Client) -> None:
     outs = job.outputs()
     assert seen_while_running and len(outs) >= 2
     assert "step 1 / 40" in outs[0][2]
-    assert "step 40 / 40" in outs[-1][2]
+    assert "step 40 / 40" in outs[-1][2] and "→ clean x₀" in outs[-1][2]  # not the code's t_prev = -1
     assert len(outs[-1]) == 6 and str(outs[-1][5]).endswith(".gif")  # (x_t, x0, status, chart, slider, GIF)
     assert Image.open(outs[-1][5]).n_frames == 40
 
@@ -210,6 +210,7 @@ def test_compare_gives_both_samplers_one_x_T(client: Client) -> None:
     ddpm_img, ddim_img, ddpm_md, ddim_md, diff_img, diff_md = client.predict(
         "tiny", 20, 5, 0.0, 1, 2, "any", 1.0, api_name="/compare")
     assert "20 model calls" in ddpm_md and "5 model calls" in ddim_md and "mean |DDPM − DDIM|" in diff_md
+    assert "t = clean x₀" in ddpm_md and "t = clean x₀" in ddim_md  # not the code's t_prev = -1
     single = client.predict(*reverse_args(sampler="ddim", steps=5, seed=1, digit="any", guidance=1.0),
                             api_name="/reverse_sample")
     assert np.array_equal(np.asarray(Image.open(ddim_img)), np.asarray(Image.open(single[0])))
