@@ -1,7 +1,10 @@
 """Diffusion Explorer: `python app.py` serves the explainer on localhost (GRADIO_SERVER_NAME / _PORT to change).
 
 It loads every diffusion checkpoint in ./checkpoints once (or $EXPLORER_CHECKPOINTS), on the device
-chosen once at start-up (CUDA, then MPS, then CPU). The views live in explorer/, the math in diffusion_core/.
+chosen once at start-up (CUDA, then MPS, then CPU). On the CPU it runs each checkpoint from its
+AOTInductor package where this machine has one, and builds the missing ones in the background at
+the lowest priority ($EXPLORER_COMPILED: "1" by default, "use" for existing packages only, "0" for
+none). The views live in explorer/, the math in diffusion_core/.
 """
 
 import os
@@ -9,8 +12,12 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
 from explorer import build_app, launch_kwargs  # noqa: E402
+from explorer.state import compile_in_background, load_registry  # noqa: E402
 
-demo = build_app()
+registry = load_registry()
+demo = build_app(registry)
 
 if __name__ == "__main__":
+    if os.environ.get("EXPLORER_COMPILED", "1") == "1":  # "use": existing packages only; "0": none
+        compile_in_background(registry)
     demo.launch(**launch_kwargs())

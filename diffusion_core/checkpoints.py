@@ -114,6 +114,18 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     return card
 
 
+def discover_checkpoints(directory: Path) -> list[Path]:
+    """DIRECTORY/*.json whose "format" is diffusion-explorer/1 (the classifier's card is skipped)."""
+    found = []
+    for card in sorted(Path(directory).glob("*.json")):
+        try:
+            if json.loads(card.read_text()).get("format") == FORMAT:
+                found.append(card.with_suffix(""))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return found
+
+
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Checkpoint:
     """Load and verify a checkpoint; the model is in eval mode with gradients off. Nothing is unpickled."""
     weights_path, card_path = checkpoint_paths(path)

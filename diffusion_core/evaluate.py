@@ -179,6 +179,7 @@ class EvalArgs:
     classifier: str = "checkpoints/classifier-mnist"  # the shipped digit classifier
     device: DeviceName = "auto"  # auto = CUDA, then MPS, then CPU
     precision: Precision = "auto"  # model precision; auto = bfloat16 where the hardware has it natively
+    compiled: bool = False  # run this machine's AOTInductor package (python -m diffusion_core.compiled builds it)
     write_card: bool = False  # also record the result under "evaluation" in the checkpoint's JSON
 
 
@@ -198,13 +199,15 @@ def evaluate_samples(a: EvalArgs) -> tuple[dict[str, object], torch.Tensor]:
         labels = torch.full((a.num,), a.label, dtype=torch.long)
     precision = resolve_precision(a.precision, device)
     t0 = time.perf_counter()
-    x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision)
+    x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision, a.compiled)
     result: dict[str, object] = {
         "checkpoint": ckpt.name, "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta, "spacing": cfg.spacing,
         "clip_x0": cfg.clip_x0, "num": a.num, "seed": a.seed,
         "labels": "all" if a.all_labels else a.label, "guidance": cfg.guidance if labels is not None else None,
         "sampling_s": round(time.perf_counter() - t0, 2), "device": str(device), "precision": precision,
     }
+    if a.compiled:
+        result["compiled"] = True
     result.update(score(ckpt.dataset, x, labels, a.classifier, a.seed))
     return result, x
 
@@ -234,7 +237,7 @@ def evaluation_key(r: dict[str, object]) -> str:
     """The key a result is filed under in the card, e.g. 'ddim-50 eta=0 uncond'."""
     cond = "uncond" if r["labels"] is None else f"labels={r['labels']} w={r['guidance']}"
     return (f"{r['sampler']}-{r['steps']} eta={r['eta']} {r['spacing']} clip={r['clip_x0']} {cond} n={r['num']} "
-            f"{r['precision']} seed={r['seed']}")
+            f"{r['precision']}{' compiled' if r.get('compiled') else ''} seed={r['seed']}")
 
 
 def main(argv: list[str] | None = None) -> None:

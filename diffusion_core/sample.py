@@ -40,6 +40,7 @@ class SampleArgs:
     batch_size: int = 256  # images per batch (the output depends on it)
     device: DeviceName = "auto"  # auto = CUDA, then MPS, then CPU
     precision: Precision = "auto"  # model precision; auto = bfloat16 where the hardware has it natively
+    compiled: bool = False  # run this machine's AOTInductor package (python -m diffusion_core.compiled builds it)
     out: str = "samples.png"  # .png (grid) or .npz (key images, uint8 N x H x W x C)
 
 
@@ -55,11 +56,12 @@ def sampler_config(sampler: str, steps: int | None, num_timesteps: int, **kw: ob
 def generate(
     ckpt: Checkpoint, config: SamplerConfig, num: int, seed: int,
     labels: torch.Tensor | None = None, device: torch.device | str = "cpu", batch_size: int = 256,
-    precision: str = "float32",
+    precision: str = "float32", compiled: bool = False,
 ) -> torch.Tensor:
     """num samples [num x C x H x W] in [-1, 1] on the CPU. Batch k draws from a generator seeded by seed + k.
 
     :param precision: "float32" or "bfloat16" (see inference.py); "auto" picks for the device.
+    :param compiled: run the checkpoint's AOTInductor package (diffusion_core.compiled); raises if there is none.
     """
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
@@ -67,7 +69,9 @@ def generate(
         raise ValueError(f"labels must have shape ({num},), got {tuple(labels.shape)}")
     make_generator(seed)  # validates the seed
     c, s = ckpt.model_config.in_channels, ckpt.model_config.image_size
-    model = InferenceModel(ckpt.model, resolve_precision(precision, torch.device(device)))
+    model: torch.nn.Module = InferenceModel(ckpt.model, resolve_precision(precision, torch.device(device)))
+    if compiled:
+        model = _compiled(ckpt, model, config, batch_size, labels is not None)
     out = []
     for k, start in enumerate(range(0, num, batch_size)):
         n = min(batch_size, num - start)
@@ -76,6 +80,21 @@ def generate(
         y = None if labels is None else labels[start: start + n].to(device)
         out.append(sample(model, ckpt.schedule, x_T, config, y, g).float().cpu())
     return torch.cat(out)
+
+
+def _compiled(ckpt: Checkpoint, model: InferenceModel, config: SamplerConfig, batch_size: int,
+              labelled: bool) -> torch.nn.Module:
+    from .compiled import MAX_BATCH, load_compiled
+
+    per_call = batch_size * (2 if labelled and config.guidance not in (0.0, 1.0) else 1)  # guidance doubles it
+    if per_call > MAX_BATCH:
+        raise ValueError(f"a compiled model runs at most {MAX_BATCH} images per call; this batch size makes "
+                         f"{per_call}: use a batch size of at most {MAX_BATCH * batch_size // per_call}")
+    found = load_compiled(ckpt, model)
+    if found is None:
+        raise ValueError(f"no compiled package for {ckpt.name} ({model.precision}) on this machine: "
+                         "run python -m diffusion_core.compiled")
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         labels = None if a.label is None else torch.full((a.num,), a.label, dtype=torch.long)
         t0 = time.perf_counter()
         precision = resolve_precision(a.precision, device)
-        x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision)
+        x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision, a.compiled)
     except (ValueError, CheckpointError) as e:
         parser.exit(2, f"error: {e}\n")
     save_images(to_uint8(x), a.out)

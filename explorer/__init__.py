@@ -25,6 +25,8 @@ def header(reg: Registry) -> str:
         for n, c in reg.checkpoints.items()
     )
     skipped = "".join(f"\n\n⚠ Checkpoint `{n}` was not loaded: {why}" for n, why in reg.skipped.items())
+    if reg.compiled:
+        models += f" · compiled ahead of time (AOTInductor): {', '.join(f'`{n}`' for n in reg.compiled)}"
     return (f"# Diffusion Explorer\nHow DDPM and DDIM turn noise into images, on small U-Nets trained for this app. "
             f"**Device: {reg.device.type.upper()}** ({reg.precision}) · {reg.threads} CPU threads · models: {models}"
             + skipped)

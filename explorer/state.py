@@ -1,15 +1,18 @@
 """Process-wide, read-only state: the device (chosen once), the checkpoints (loaded once) and the schedules.
 
-Everything here is shared by all visitors and never mutated after start-up; per-visitor data
-(the chosen image, recorded trajectories) lives in gr.State. `METRICS` is process telemetry
+Everything here is shared by all visitors and never mutated after start-up, with one exception:
+`compile_in_background` replaces a checkpoint's model by its compiled twin once its package is
+built (on the torch thread, between two steps; a run in progress keeps the model it started
+with). Per-visitor data (the chosen image, recorded trajectories) lives in gr.State. `METRICS` is process telemetry
 (how many sampler steps each run computed, whether it was closed early) that the tests read.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from diffusion_core.checkpoints import FORMAT, Checkpoint, CheckpointError, load_checkpoint
+from diffusion_core.checkpoints import Checkpoint, CheckpointError, discover_checkpoints, load_checkpoint
+from diffusion_core.compiled import CompiledModel, load_compiled
 from diffusion_core.inference import InferenceModel, resolve_precision
 from diffusion_core.runtime import select_device, set_threads, torch_thread
 from diffusion_core.schedules import SCHEDULE_NAMES, NoiseSchedule, make_schedule
@@ -26,18 +30,6 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT_DIR = ROOT / "checkpoints"
 ASSETS_DIR = ROOT / "assets"
-
-
-def discover_checkpoints(directory: Path) -> list[Path]:
-    """checkpoints/*.json whose "format" is diffusion-explorer/1 (the classifier's card is skipped)."""
-    found = []
-    for card in sorted(Path(directory).glob("*.json")):
-        try:
-            if json.loads(card.read_text()).get("format") == FORMAT:
-                found.append(card.with_suffix(""))
-        except (OSError, ValueError, AttributeError):
-            continue
-    return found
 
 
 def load_with_retry(path: Path, device: torch.device, retries: int = 1, wait_s: float = 2.0) -> Checkpoint:
@@ -60,6 +52,8 @@ class Registry:
     checkpoints: dict[str, Checkpoint]  # name -> loaded checkpoint; .model is an InferenceModel on `device`
     schedules: dict[str, NoiseSchedule]  # "linear" / "cosine", T = 1000, on the CPU (forward views)
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why it could not be loaded
+    compiled: tuple[str, ...] = ()  # checkpoints that ran from an AOTInductor package at start-up
+    directory: Path | None = None  # where the checkpoints were found
 
     @property
     def names(self) -> list[str]:
@@ -79,21 +73,27 @@ class Registry:
 
 
 def load_registry(directory: str | os.PathLike[str] | None = None, device: str = "auto",
-                  precision: str | None = None) -> Registry:
+                  precision: str | None = None, compiled: bool | None = None) -> Registry:
     """Choose the device, size the thread pool and load every diffusion checkpoint in `directory`.
 
     `directory` defaults to $EXPLORER_CHECKPOINTS or ./checkpoints; `precision` to $EXPLORER_PRECISION
     or "auto" (bfloat16 where the hardware computes it natively: the fastest path that holds quality,
-    see bench/sampling.py). Raises if no checkpoint loads. Runs on the torch thread, like every
-    handler (explorer.common.friendly), so that one OS thread does all of the app's torch work; the
-    calling thread and threads started later get one intra-op thread each (TorchThread.confine_others).
+    see bench/sampling.py). On the CPU a checkpoint runs from its AOTInductor package where
+    `python -m diffusion_core.compiled` built one for this machine (`compiled`; default: unless
+    $EXPLORER_COMPILED is "0"), else eagerly. Raises if no checkpoint loads. Runs on the torch
+    thread, like every handler (explorer.common.friendly), so that one OS thread does all of the
+    app's torch work; the calling thread and threads started later get one intra-op thread each
+    (TorchThread.confine_others).
     """
-    reg = torch_thread().run(_load_registry, directory, device, precision)
+    if compiled is None:
+        compiled = os.environ.get("EXPLORER_COMPILED", "1") != "0"  # "1" or "use": run packages that exist
+    reg = torch_thread().run(_load_registry, directory, device, precision, compiled)
     torch_thread().confine_others()
     return reg
 
 
-def _load_registry(directory: str | os.PathLike[str] | None, device: str, precision: str | None) -> Registry:
+def _load_registry(directory: str | os.PathLike[str] | None, device: str, precision: str | None,
+                   use_compiled: bool) -> Registry:
     directory = Path(directory or os.environ.get("EXPLORER_CHECKPOINTS") or DEFAULT_CHECKPOINT_DIR)
     dev = select_device(device)
     threads = set_threads()
@@ -103,6 +103,8 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
         try:
             ckpt = load_with_retry(path, dev)
             ckpt.model = InferenceModel(ckpt.model, precision)
+            if use_compiled and dev.type == "cpu":
+                ckpt.model = load_compiled(ckpt, ckpt.model) or ckpt.model
             loaded[ckpt.name] = ckpt
         except CheckpointError as e:
             skipped[path.name] = str(e)
@@ -113,7 +115,48 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
     loaded = dict(sorted(loaded.items(), key=lambda kv: (kv[1].dataset != "mnist",
                                                          kv[1].schedule.config.name != "linear", kv[0])))
     schedules = {name: make_schedule(name, 1000) for name in SCHEDULE_NAMES}
-    return Registry(dev, threads, precision, loaded, schedules, skipped)
+    compiled = tuple(n for n, c in loaded.items() if isinstance(c.model, CompiledModel))
+    return Registry(dev, threads, precision, loaded, schedules, skipped, compiled, directory)
+
+
+def compile_in_background(reg: Registry) -> threading.Thread | None:
+    """Build the missing AOTInductor packages in a child process, then run each checkpoint from its package.
+
+    The child (`python -m diffusion_core.compiled`) runs at the lowest CPU priority on one thread, so
+    visitors keep the cores; about 25 s of one core per `fast` U-Net. Packages are kept per machine
+    (diffusion_core.compiled.default_cache_dir), so later starts load them in milliseconds. CPU only;
+    returns the thread that waits for the child, or None when there is nothing to build.
+    """
+    if reg.device.type != "cpu" or reg.directory is None:
+        return None
+    if all(isinstance(c.model, CompiledModel) for c in reg.checkpoints.values()):
+        return None
+
+    def build() -> None:
+        cmd = [sys.executable, "-m", "diffusion_core.compiled", "--checkpoints", str(reg.directory),
+               "--precision", reg.precision, "--background"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        try:
+            done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+        except OSError as e:
+            log.warning("could not start the compile: %s", e)
+            return
+        if done.returncode != 0:
+            log.warning("compiling the checkpoints failed; they run eagerly: %s", done.stderr.strip()[-500:])
+        torch_thread().run(_adopt_compiled, reg)  # the packages that were built, even if one failed
+
+    thread = threading.Thread(target=build, name="compile-checkpoints", daemon=True)
+    thread.start()
+    return thread
+
+
+def _adopt_compiled(reg: Registry) -> None:
+    for name, ckpt in reg.checkpoints.items():
+        if isinstance(ckpt.model, InferenceModel):
+            compiled = load_compiled(ckpt, ckpt.model)
+            if compiled is not None:
+                ckpt.model = compiled  # new runs use it; a run in progress holds the eager model
+                log.info("%s now runs from %s", name, compiled.path)
 
 
 @dataclass

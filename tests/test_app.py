@@ -34,7 +34,8 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from explorer import build_app, launch_kwargs  # noqa: E402
 from explorer.common import friendly  # noqa: E402
 from explorer.images import convert_image, examples  # noqa: E402
-from explorer.state import METRICS, discover_checkpoints, load_registry  # noqa: E402
+from diffusion_core.checkpoints import discover_checkpoints  # noqa: E402
+from explorer.state import METRICS, load_registry  # noqa: E402
 
 
 def free_port() -> int:

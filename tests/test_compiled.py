@@ -1,0 +1,165 @@
+"""AOTInductor packages: built once, keyed to the weights and the machine, checked against eager at load."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import randomize
+from diffusion_core.checkpoints import load_checkpoint, save_checkpoint
+from diffusion_core.compiled import MAX_BATCH, CompiledModel, compile_package, load_compiled, package_path
+from diffusion_core.inference import InferenceModel
+from diffusion_core.model import build_model, preset
+from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample
+from diffusion_core.schedules import ScheduleConfig, make_schedule
+
+if shutil.which("c++") is None and not os.environ.get("CI"):
+    pytest.skip("no C++ compiler: Inductor cannot build packages here", allow_module_level=True)
+
+
+def tiny(directory: Path, name: str, num_classes: int = 10, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = preset("lesson", base_channels=8, num_classes=num_classes)
+    save_checkpoint(directory / name, randomize(build_model(cfg)), cfg, ScheduleConfig("linear", 1000), "mnist")
+    return load_checkpoint(directory / name)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    """A conditional tiny checkpoint, its bfloat16 InferenceModel and a package for it in a fresh cache."""
+    d = tmp_path_factory.mktemp("compiled")
+    ckpt = tiny(d, "tiny")
+    model = InferenceModel(ckpt.model, "bfloat16")
+    compile_package(model, package_path(ckpt, "bfloat16", d / "cache"))
+    return d, ckpt, model
+
+
+def test_the_package_runs_like_eager_at_any_batch(built) -> None:
+    d, ckpt, model = built
+    compiled = load_compiled(ckpt, model, d / "cache")
+    assert isinstance(compiled, CompiledModel) and compiled.cfg is model.cfg
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 5, 32):
+        x, t = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 1000, (n,), generator=g)
+        for y in (torch.randint(0, 10, (n,), generator=g), None):  # None = the null label
+            with torch.inference_mode():
+                want, got = model(x, t, y), compiled(x, t, y)
+            assert got.dtype == torch.float32 and got.shape == want.shape
+            # bfloat16 rounding in a different order: close, not equal
+            assert (got - want).abs().max() <= 0.05 * want.abs().max(), (n, y is None)
+
+
+def test_batches_over_the_package_range_run_eagerly(built) -> None:
+    d, ckpt, model = built
+    compiled = load_compiled(ckpt, model, d / "cache")
+    calls = []
+    runner = compiled.runner
+    compiled.runner = lambda *a: calls.append(a[0].shape[0]) or runner(*a)
+    x, t = torch.randn(MAX_BATCH + 1, 1, 28, 28), torch.zeros(MAX_BATCH + 1, dtype=torch.long)
+    with torch.inference_mode():
+        assert torch.equal(compiled(x, t), model(x, t))  # eager, so bit-identical
+        compiled(x[:2], t[:2])
+    assert calls == [2]
+
+
+def test_compiled_sampling_gives_the_same_digits(built) -> None:
+    d, ckpt, model = built
+    compiled = load_compiled(ckpt, model, d / "cache")
+    sched = make_schedule("linear", 1000)
+    cfg = SamplerConfig(sampler="ddim", steps=10, guidance=2.0)
+    y = torch.tensor([3, 7])
+    out = []
+    for m in (model, compiled):
+        x_T = initial_noise((2, 1, 28, 28), make_generator(0))
+        with torch.inference_mode():
+            out.append(sample(m, sched, x_T, cfg, y=y, generator=make_generator(1)))
+    assert (out[0] - out[1]).abs().mean() < 0.02  # pixel range [-1, 1]
+
+
+def test_a_package_is_used_only_for_its_own_weights(built, tmp_path: Path, caplog) -> None:
+    d, ckpt, model = built
+    cache = d / "cache"
+    # Other weights under the same name: another key, so no package.
+    other = tiny(tmp_path, "tiny", seed=1)
+    other_model = InferenceModel(other.model, "bfloat16")
+    assert package_path(other, "bfloat16", cache) != package_path(ckpt, "bfloat16", cache)
+    assert load_compiled(other, other_model, cache) is None
+    # The first package copied under the other weights' key: the probe against eager refuses it.
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    shutil.copy(package_path(ckpt, "bfloat16", cache), package_path(other, "bfloat16", fake))
+    assert load_compiled(other, other_model, fake) is None
+    assert "differs from eager" in caplog.text
+    # A truncated package: ignored with a warning, eager goes on.
+    p = package_path(ckpt, "bfloat16", tmp_path / "broken")
+    p.parent.mkdir()
+    p.write_bytes(package_path(ckpt, "bfloat16", cache).read_bytes()[:1000])
+    assert load_compiled(ckpt, model, tmp_path / "broken") is None
+    # Another precision has its own key.
+    assert load_compiled(ckpt, InferenceModel(ckpt.model, "float32"), cache) is None
+
+
+def test_an_unconditional_model_compiles(tmp_path: Path) -> None:
+    ckpt = tiny(tmp_path, "uncond", num_classes=0)
+    model = InferenceModel(ckpt.model, "float32")
+    compile_package(model, package_path(ckpt, "float32", tmp_path / "cache"))
+    compiled = load_compiled(ckpt, model, tmp_path / "cache")
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 500, 999])
+    with torch.inference_mode():
+        assert torch.allclose(compiled(x, t), model(x, t), atol=1e-4, rtol=1e-3)
+
+
+def test_the_app_runs_compiled_checkpoints(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    from explorer import header
+    from explorer.state import load_registry
+
+    d, ckpt, _ = built
+    monkeypatch.setattr("diffusion_core.compiled.default_cache_dir", lambda: d / "cache")
+    reg = load_registry(d, device="cpu", precision="bfloat16", compiled=True)
+    assert reg.compiled == ("tiny",) and isinstance(reg.get("tiny").model, CompiledModel)
+    assert "compiled ahead of time (AOTInductor): `tiny`" in header(reg)
+    off = load_registry(d, device="cpu", precision="bfloat16", compiled=False)
+    assert off.compiled == () and not isinstance(off.get("tiny").model, CompiledModel)
+
+
+def test_sample_and_evaluate_run_the_package_when_asked(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusion_core.evaluate import evaluation_key
+    from diffusion_core.sample import generate, sampler_config
+
+    d, ckpt, _ = built
+    monkeypatch.setattr("diffusion_core.compiled.default_cache_dir", lambda: d / "cache")
+    cfg = sampler_config("ddim", 5, 1000, guidance=2.0)
+    labels = torch.tensor([1, 2, 3])
+    eager = generate(ckpt, cfg, 3, 0, labels, batch_size=2, precision="bfloat16")
+    compiled = generate(ckpt, cfg, 3, 0, labels, batch_size=2, precision="bfloat16", compiled=True)
+    assert 0 < (eager - compiled).abs().mean() < 0.02
+    with pytest.raises(ValueError, match="at most 64 images per call"):  # guidance doubles each call's batch
+        generate(ckpt, cfg, 40, 0, torch.zeros(40, dtype=torch.long), batch_size=40, precision="bfloat16",
+                 compiled=True)
+    with pytest.raises(ValueError, match="no compiled package"):
+        generate(ckpt, cfg, 3, 0, labels, batch_size=2, precision="float32", compiled=True)
+    r = dict(sampler="ddim", steps=5, eta=0.0, spacing="trailing", clip_x0=True, labels=None, num=3,
+             precision="bfloat16", seed=0)
+    assert evaluation_key({**r, "compiled": True}) != evaluation_key(r)  # its own entry in a card
+
+
+def test_the_app_builds_missing_packages_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's start: eager at once, a low-priority child builds the package, then new runs use it."""
+    from explorer.common import start
+    from explorer.state import compile_in_background, load_registry
+
+    tiny(tmp_path / "ckpts", "tiny")
+    monkeypatch.setenv("DIFFUSION_CACHE", str(tmp_path / "cache"))  # read by the child and by this process
+    reg = load_registry(tmp_path / "ckpts", device="cpu", precision="bfloat16")
+    assert reg.compiled == () and isinstance(reg.get("tiny").model, InferenceModel)
+    running = start(reg.get("tiny"), SamplerConfig(sampler="ddim", steps=3), 0, 1, "any", reg.device)
+    thread = compile_in_background(reg)
+    thread.join(timeout=240)
+    assert not thread.is_alive()
+    assert isinstance(reg.get("tiny").model, CompiledModel)
+    assert len(list(running)) == 3  # the run that started eagerly finishes
+    assert compile_in_background(reg) is None  # nothing left to build
