@@ -51,7 +51,8 @@ def main() -> None:
     # download_files=False: a visitor's browser fetches the images on its own machine; downloading them
     # here would put the client's work on the server's cores.
     c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
-    print(f"device {reg.device} · {reg.threads} threads · model {model}")
+    print(f"device {reg.device} · {reg.threads} threads · model {model}"
+          f"{' (AOTInductor package)' if model in reg.compiled else ' (eager)'}")
 
     fmt = reg.get(model).dataset
     ex = "mnist-3" if fmt == "mnist" else "circle-1"

@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--background", action="store_true",
                         help="run at the lowest CPU priority (how the app builds its missing packages)")
     args = parser.parse_args(argv)
+    parent = os.getppid()
     if args.background:
         os.nice(19)
     precision = resolve_precision(args.precision, torch.device("cpu"))
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     if not paths:
         sys.exit(f"no diffusion checkpoints in {args.checkpoints}")
     for p in paths:
+        if args.background and os.getppid() != parent:
+            sys.exit("the app that started this build has exited")
         try:
             ckpt = load_checkpoint(p)
         except CheckpointError as e:

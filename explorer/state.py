@@ -151,12 +151,15 @@ def compile_in_background(reg: Registry) -> threading.Thread | None:
 
 
 def _adopt_compiled(reg: Registry) -> None:
+    adopted = []
     for name, ckpt in reg.checkpoints.items():
         if isinstance(ckpt.model, InferenceModel):
             compiled = load_compiled(ckpt, ckpt.model)
             if compiled is not None:
                 ckpt.model = compiled  # new runs use it; a run in progress holds the eager model
-                log.info("%s now runs from %s", name, compiled.path)
+                adopted.append(name)
+    if adopted:
+        print(f"* Compiled (AOTInductor), used from the next run on: {', '.join(adopted)}", flush=True)
 
 
 @dataclass
