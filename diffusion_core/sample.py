@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoints import Checkpoint, CheckpointError, load_checkpoint
+from .compiled import MAX_BATCH, load_compiled
 from .cli import add_dataclass_args, dataclass_from_args
 from .inference import InferenceModel, Precision, resolve_precision
 from .render import save_images, to_uint8
@@ -84,8 +85,8 @@ def generate(
 
 def _compiled(ckpt: Checkpoint, model: InferenceModel, config: SamplerConfig, batch_size: int,
               labelled: bool) -> torch.nn.Module:
-    from .compiled import MAX_BATCH, load_compiled
-
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("compiled packages run on the CPU only (use --device cpu, or leave out --compiled)")
     per_call = batch_size * (2 if labelled and config.guidance not in (0.0, 1.0) else 1)  # guidance doubles it
     if per_call > MAX_BATCH:
         raise ValueError(f"a compiled model runs at most {MAX_BATCH} images per call; this batch size makes "

@@ -3,8 +3,9 @@
 Everything here is shared by all visitors and never mutated after start-up, with one exception:
 `compile_in_background` replaces a checkpoint's model by its compiled twin once its package is
 built (on the torch thread, between two steps; a run in progress keeps the model it started
-with). Per-visitor data (the chosen image, recorded trajectories) lives in gr.State. `METRICS` is process telemetry
-(how many sampler steps each run computed, whether it was closed early) that the tests read.
+with). Per-visitor data (the chosen image, recorded trajectories) lives in gr.State. `METRICS` is
+process telemetry (how many sampler steps each run computed, whether it was closed early) that
+the tests read.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Registry:
     device: torch.device
     threads: int
     precision: str  # "float32" or "bfloat16": the execution path of every model (diffusion_core.inference)
-    checkpoints: dict[str, Checkpoint]  # name -> loaded checkpoint; .model is an InferenceModel on `device`
+    checkpoints: dict[str, Checkpoint]  # name -> loaded checkpoint; .model: InferenceModel or CompiledModel
     schedules: dict[str, NoiseSchedule]  # "linear" / "cosine", T = 1000, on the CPU (forward views)
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why it could not be loaded
     compiled: tuple[str, ...] = ()  # checkpoints that ran from an AOTInductor package at start-up
