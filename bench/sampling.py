@@ -208,7 +208,6 @@ def main() -> None:
                 except ImportError:
                     cells = "diffusers not installed | - | - | -"
                 print(f"| {sampler.upper()}-{steps}, {n} images ({pname}) | {ours:.3f} | {cells} |")
-        fast = ps[best]
         # What the loops cost around the model: the model replaced by a constant (zeros).
         zero = Zero(ckpt.model_config)
         cells = []
@@ -221,13 +220,15 @@ def main() -> None:
                 cells.append(f"{sampler.upper()}, batch {n}: ours {ours * 1e6:.0f} us")
         print("\nsampler arithmetic per step, model replaced by a constant: " + "; ".join(cells))
         # The thread count: the same call on 1 thread and on all of them.
+        # (eager: a package is built for one thread count)
         per_thread = []
         for n_threads in sorted({1, threads}):
             torch.set_num_threads(n_threads)
             per_thread.append(f"{n_threads} thread{'s' if n_threads > 1 else ''} " + " / ".join(
-                f"{step_time(fast, ckpt.model_config, b, a.repeats, device) * 1e3:.2f}" for b in (4, 16)) + " ms")
+                f"{step_time(ps[eager_best], ckpt.model_config, b, a.repeats, device) * 1e3:.2f}" for b in (4, 16))
+                + " ms")
         torch.set_num_threads(threads)
-        print(f"threads, {best} at batch 4 / 16: " + ", ".join(per_thread))
+        print(f"threads, {eager_best} at batch 4 / 16: " + ", ".join(per_thread))
         if device.type == "cpu":  # (in a fresh process, on the fastest eager path: it builds no package)
             second_thread_figure(name, eager_best, a.repeats, threads)
         if a.quality and ckpt.dataset == "mnist":

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from .checkpoints import Checkpoint, CheckpointError, discover_checkpoints, load_checkpoint
-from .inference import InferenceModel, PRECISIONS, _cpu_flags, resolve_precision
+from .inference import PRECISIONS, InferenceModel, _cpu_flags, resolve_precision
+from .runtime import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,16 @@ def machine_tag() -> str:
     return f"torch{torch.__version__.replace('+', '-')}-{torch.backends.cpu.get_cpu_capability().lower()}-{flags}"
 
 
-def package_path(ckpt: Checkpoint, precision: str, cache_dir: Path | None = None) -> Path:
-    """The package file for these weights (their SHA-256), this precision and this machine."""
+def package_path(ckpt: Checkpoint, precision: str, cache_dir: Path | None = None, threads: int | None = None) -> Path:
+    """The package file for these weights (their SHA-256), this precision, this machine and `threads`
+    (default: torch's current count). Inductor writes the thread count of its fused loops into the
+    code (`#pragma omp parallel num_threads(N)`), so a package is built for one count."""
     sha = ckpt.card.get("weights_sha256")
     if not sha:
         raise CheckpointError(f"{ckpt.name}: the card has no weights_sha256, so a package cannot be keyed to it")
-    return (cache_dir or default_cache_dir()) / f"{ckpt.name}-{sha[:16]}-{precision}-{FORMAT}-{machine_tag()}.pt2"
+    threads = threads or torch.get_num_threads()
+    return (cache_dir or default_cache_dir()) / (
+        f"{ckpt.name}-{sha[:16]}-{precision}-{FORMAT}-{machine_tag()}-t{threads}.pt2")
 
 
 def _example_inputs(model: InferenceModel, n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -68,8 +73,9 @@ def _example_inputs(model: InferenceModel, n: int, seed: int = 0) -> tuple[torch
     return x, t
 
 
-def compile_package(model: InferenceModel, path: Path) -> Path:
-    """Export `model`'s net with a dynamic batch (1..MAX_BATCH) and compile it into `path` (CPU only)."""
+def compile_package(model: InferenceModel, path: Path, threads: int | None = None) -> Path:
+    """Export `model`'s net with a dynamic batch (1..MAX_BATCH) and compile it into `path` (CPU only)
+    for `threads` threads (default: torch's current count; see package_path)."""
     if model.autocast or model.channels_last:
         raise ValueError("compile the plain float32 or bfloat16 path (no autocast, no channels-last)")
     if next(model.model.parameters()).device.type != "cpu":
@@ -80,8 +86,8 @@ def compile_package(model: InferenceModel, path: Path) -> Path:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # Inductor wants the .pt2 suffix
     with torch.inference_mode():
         exported = torch.export.export(model.model, args, dynamic_shapes=tuple({0: batch} for _ in args))
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp),
-                                                 inductor_configs={"freezing": True})
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs={
+            "freezing": True, "cpp.threads": threads or torch.get_num_threads()})
     os.replace(tmp, path)  # atomic: a concurrent reader sees no package or a whole one
     return path
 
@@ -111,13 +117,15 @@ class CompiledModel(torch.nn.Module):
         return self.runner(*args).float()
 
 
-def load_compiled(ckpt: Checkpoint, model: InferenceModel, cache_dir: Path | None = None) -> CompiledModel | None:
-    """The compiled twin of `model` (the InferenceModel of `ckpt`), or None when there is no package
-    for it on this machine or the package disagrees with eager on a probe batch (logged)."""
+def load_compiled(ckpt: Checkpoint, model: InferenceModel, cache_dir: Path | None = None,
+                  threads: int | None = None) -> CompiledModel | None:
+    """The compiled twin of `model` (the InferenceModel of `ckpt`) for `threads` (default: torch's
+    current count), or None when there is no such package on this machine or it disagrees with
+    eager on a probe batch (logged)."""
     if model.autocast or model.channels_last or model.precision not in PROBE_RTOL:
         return None
     try:
-        path = package_path(ckpt, model.precision, cache_dir)
+        path = package_path(ckpt, model.precision, cache_dir, threads)
     except CheckpointError:
         return None
     if not path.is_file():
@@ -145,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the path to compile; auto = bfloat16 where native, as the app chooses (default: auto)")
     parser.add_argument("--cache", default=None, help=f"where packages go (default: {default_cache_dir()})")
     parser.add_argument("--force", action="store_true", help="rebuild packages that exist")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads the packages will run on (default: this machine's cores, as the app uses)")
     parser.add_argument("--background", action="store_true",
                         help="run at the lowest CPU priority (how the app builds its missing packages)")
     args = parser.parse_args(argv)
@@ -152,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.background:
         os.nice(19)
     precision = resolve_precision(args.precision, torch.device("cpu"))
+    threads = args.threads or available_cores()
     cache = Path(args.cache) if args.cache else None
     paths = discover_checkpoints(Path(args.checkpoints))
     if not paths:
@@ -165,13 +176,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{p.name}: skipped ({e})")
             continue
         model = InferenceModel(ckpt.model, precision)
-        out = package_path(ckpt, precision, cache)
+        out = package_path(ckpt, precision, cache, threads)
         if out.is_file() and not args.force:
             print(f"{ckpt.name}: {out} exists")
             continue
         t0 = time.perf_counter()
-        compile_package(model, out)
-        ok = load_compiled(ckpt, model, cache) is not None
+        compile_package(model, out, threads)
+        ok = load_compiled(ckpt, model, cache, threads) is not None
         print(f"{ckpt.name}: {out} ({time.perf_counter() - t0:.1f} s, {out.stat().st_size / 1e6:.1f} MB, "
               f"{'matches eager' if ok else 'DIFFERS FROM EAGER: not used'})")
 

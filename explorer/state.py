@@ -135,8 +135,8 @@ def compile_in_background(reg: Registry) -> threading.Thread | None:
 
     def build() -> None:
         cmd = [sys.executable, "-m", "diffusion_core.compiled", "--checkpoints", str(reg.directory),
-               "--precision", reg.precision, "--background"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+               "--precision", reg.precision, "--threads", str(reg.threads), "--background"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # its own tensor work; the packages get --threads
         try:
             done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
         except OSError as e:

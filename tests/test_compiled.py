@@ -14,11 +14,16 @@ from diffusion_core.checkpoints import load_checkpoint, save_checkpoint
 from diffusion_core.compiled import MAX_BATCH, CompiledModel, compile_package, load_compiled, package_path
 from diffusion_core.inference import InferenceModel
 from diffusion_core.model import build_model, preset
+from diffusion_core.runtime import available_cores
 from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample
 from diffusion_core.schedules import ScheduleConfig, make_schedule
 
 if shutil.which("c++") is None and not os.environ.get("CI"):
     pytest.skip("no C++ compiler: Inductor cannot build packages here", allow_module_level=True)
+
+# A package is built for one thread count (see package_path). Other tests' apps confine this thread
+# to one intra-op thread, so every call here names the count the app's torch thread uses.
+THREADS = available_cores()
 
 
 def tiny(directory: Path, name: str, num_classes: int = 10, seed: int = 0):
@@ -34,13 +39,13 @@ def built(tmp_path_factory: pytest.TempPathFactory):
     d = tmp_path_factory.mktemp("compiled")
     ckpt = tiny(d, "tiny")
     model = InferenceModel(ckpt.model, "bfloat16")
-    compile_package(model, package_path(ckpt, "bfloat16", d / "cache"))
+    compile_package(model, package_path(ckpt, "bfloat16", d / "cache", THREADS), THREADS)
     return d, ckpt, model
 
 
 def test_the_package_runs_like_eager_at_any_batch(built) -> None:
     d, ckpt, model = built
-    compiled = load_compiled(ckpt, model, d / "cache")
+    compiled = load_compiled(ckpt, model, d / "cache", THREADS)
     assert isinstance(compiled, CompiledModel) and compiled.cfg is model.cfg
     g = torch.Generator().manual_seed(3)
     for n in (1, 5, 32):
@@ -55,7 +60,7 @@ def test_the_package_runs_like_eager_at_any_batch(built) -> None:
 
 def test_batches_over_the_package_range_run_eagerly(built) -> None:
     d, ckpt, model = built
-    compiled = load_compiled(ckpt, model, d / "cache")
+    compiled = load_compiled(ckpt, model, d / "cache", THREADS)
     calls = []
     runner = compiled.runner
     compiled.runner = lambda *a: calls.append(a[0].shape[0]) or runner(*a)
@@ -68,7 +73,7 @@ def test_batches_over_the_package_range_run_eagerly(built) -> None:
 
 def test_compiled_sampling_gives_the_same_digits(built) -> None:
     d, ckpt, model = built
-    compiled = load_compiled(ckpt, model, d / "cache")
+    compiled = load_compiled(ckpt, model, d / "cache", THREADS)
     sched = make_schedule("linear", 1000)
     cfg = SamplerConfig(sampler="ddim", steps=10, guidance=2.0)
     y = torch.tensor([3, 7])
@@ -86,28 +91,29 @@ def test_a_package_is_used_only_for_its_own_weights(built, tmp_path: Path, caplo
     # Other weights under the same name: another key, so no package.
     other = tiny(tmp_path, "tiny", seed=1)
     other_model = InferenceModel(other.model, "bfloat16")
-    assert package_path(other, "bfloat16", cache) != package_path(ckpt, "bfloat16", cache)
-    assert load_compiled(other, other_model, cache) is None
+    assert package_path(other, "bfloat16", cache, THREADS) != package_path(ckpt, "bfloat16", cache, THREADS)
+    assert load_compiled(other, other_model, cache, THREADS) is None
     # The first package copied under the other weights' key: the probe against eager refuses it.
     fake = tmp_path / "fake"
     fake.mkdir()
-    shutil.copy(package_path(ckpt, "bfloat16", cache), package_path(other, "bfloat16", fake))
-    assert load_compiled(other, other_model, fake) is None
+    shutil.copy(package_path(ckpt, "bfloat16", cache, THREADS), package_path(other, "bfloat16", fake, THREADS))
+    assert load_compiled(other, other_model, fake, THREADS) is None
     assert "differs from eager" in caplog.text
     # A truncated package: ignored with a warning, eager goes on.
-    p = package_path(ckpt, "bfloat16", tmp_path / "broken")
+    p = package_path(ckpt, "bfloat16", tmp_path / "broken", THREADS)
     p.parent.mkdir()
-    p.write_bytes(package_path(ckpt, "bfloat16", cache).read_bytes()[:1000])
-    assert load_compiled(ckpt, model, tmp_path / "broken") is None
-    # Another precision has its own key.
-    assert load_compiled(ckpt, InferenceModel(ckpt.model, "float32"), cache) is None
+    p.write_bytes(package_path(ckpt, "bfloat16", cache, THREADS).read_bytes()[:1000])
+    assert load_compiled(ckpt, model, tmp_path / "broken", THREADS) is None
+    # Another precision, or another thread count, has its own key.
+    assert load_compiled(ckpt, InferenceModel(ckpt.model, "float32"), cache, THREADS) is None
+    assert load_compiled(ckpt, model, cache, THREADS + 1) is None
 
 
 def test_an_unconditional_model_compiles(tmp_path: Path) -> None:
     ckpt = tiny(tmp_path, "uncond", num_classes=0)
     model = InferenceModel(ckpt.model, "float32")
-    compile_package(model, package_path(ckpt, "float32", tmp_path / "cache"))
-    compiled = load_compiled(ckpt, model, tmp_path / "cache")
+    compile_package(model, package_path(ckpt, "float32", tmp_path / "cache", THREADS), THREADS)
+    compiled = load_compiled(ckpt, model, tmp_path / "cache", THREADS)
     x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 500, 999])
     with torch.inference_mode():
         assert torch.allclose(compiled(x, t), model(x, t), atol=1e-4, rtol=1e-3)
@@ -126,12 +132,16 @@ def test_the_app_runs_compiled_checkpoints(built, monkeypatch: pytest.MonkeyPatc
     assert off.compiled == () and not isinstance(off.get("tiny").model, CompiledModel)
 
 
-def test_sample_and_evaluate_run_the_package_when_asked(built, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sample_and_evaluate_run_the_package_when_asked(built, monkeypatch: pytest.MonkeyPatch,
+                                                        request: pytest.FixtureRequest) -> None:
     from diffusion_core.evaluate import evaluation_key
     from diffusion_core.sample import generate, sampler_config
 
     d, ckpt, _ = built
     monkeypatch.setattr("diffusion_core.compiled.default_cache_dir", lambda: d / "cache")
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)  # generate looks up the package for the calling thread's count
+    request.addfinalizer(lambda: torch.set_num_threads(before))
     cfg = sampler_config("ddim", 5, 1000, guidance=2.0)
     labels = torch.tensor([1, 2, 3])
     eager = generate(ckpt, cfg, 3, 0, labels, batch_size=2, precision="bfloat16")
