@@ -3,15 +3,17 @@
     python -m diffusion_core.compiled [--checkpoints checkpoints] [--precision auto] [--cache DIR]
 
 compiles every checkpoint in a folder into a `.pt2` package (torch.export, then Inductor with its
-weights frozen into the code: about 40 s per `fast` U-Net on one core). `load_compiled` returns a
+weights frozen into the code: 25 to 30 s per `fast` U-Net here). `load_compiled` returns a
 `CompiledModel` with InferenceModel's call and `.cfg` when a package for exactly these weights,
-this precision, this torch and this CPU exists, and None otherwise, so a caller falls back to eager.
+this precision, this torch, this CPU and this thread count exists, and None otherwise, so a
+caller falls back to eager.
 
 Why ahead of time: `torch.compile` at start-up costs a minute or more of a 2-core machine before the
 first sample; a package compiled once is loaded in 10 ms. What it buys on CPU (bench/sampling.py):
-the per-op dispatch of about 150 small ops per call goes away (most of a batch-1 call) and
-GroupNorm, SiLU and the additions are fused. CPU only: a CUDA package would have to be built on
-that GPU, and the eager bfloat16 path is already fast there.
+no Python dispatch per op, and GroupNorm, SiLU and the additions fused into few loops; measured on
+one thread, `mnist-linear` in bfloat16, eager and compiled taking turns: 1.74x at batch 1, 1.45x
+at batch 4, 1.20x at batch 16. CPU only: a CUDA package would have to be built on that GPU, and
+the eager bfloat16 path is already fast there.
 """
 
 from __future__ import annotations
