@@ -14,10 +14,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 from explorer import build_app, launch_kwargs  # noqa: E402
 from explorer.state import compile_in_background, load_registry  # noqa: E402
 
-registry = load_registry()
+registry = load_registry(compiled=False)  # eager first: loading packages imports Inductor (about 2 s)
 demo = build_app(registry)
 
 if __name__ == "__main__":
-    if os.environ.get("EXPLORER_COMPILED", "1") == "1":  # "use": existing packages only; "0": none
-        compile_in_background(registry)
+    mode = os.environ.get("EXPLORER_COMPILED", "1")  # "use": existing packages only; "0": none
+    if mode != "0":
+        compile_in_background(registry, build=mode != "use")
     demo.launch(**launch_kwargs())

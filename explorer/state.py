@@ -120,20 +120,27 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
     return Registry(dev, threads, precision, loaded, schedules, skipped, compiled, directory)
 
 
-def compile_in_background(reg: Registry) -> threading.Thread | None:
-    """Build the missing AOTInductor packages in a child process, then run each checkpoint from its package.
+def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread | None:
+    """Run each checkpoint from its AOTInductor package once there is one, without delaying start-up.
 
-    The child (`python -m diffusion_core.compiled`) runs at the lowest CPU priority on one thread, so
-    visitors keep the cores; about 25 s of one core per `fast` U-Net. Packages are kept per machine
-    (diffusion_core.compiled.default_cache_dir), so later starts load them in milliseconds. CPU only;
-    returns the thread that waits for the child, or None when there is nothing to build.
+    A thread imports Inductor (about 2 s, so not before the first page), switches the checkpoints
+    that have a package on this machine, and with `build` runs `python -m diffusion_core.compiled`
+    for the rest in a child process at the lowest CPU priority (about 30 s of one core per `fast`
+    U-Net; visitors keep the cores), then switches those too. Packages are kept per machine
+    (diffusion_core.compiled.default_cache_dir), so later starts only load them. CPU only; returns
+    the thread, or None when there is nothing to do.
     """
     if reg.device.type != "cpu" or reg.directory is None:
         return None
     if all(isinstance(c.model, CompiledModel) for c in reg.checkpoints.values()):
         return None
 
-    def build() -> None:
+    def work() -> None:
+        import torch._inductor  # noqa: F401  (here, not on the torch thread or before the first page)
+
+        torch_thread().run(_adopt_compiled, reg)
+        if not build or all(isinstance(c.model, CompiledModel) for c in reg.checkpoints.values()):
+            return
         cmd = [sys.executable, "-m", "diffusion_core.compiled", "--checkpoints", str(reg.directory),
                "--precision", reg.precision, "--threads", str(reg.threads), "--background"]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # its own tensor work; the packages get --threads
@@ -146,7 +153,7 @@ def compile_in_background(reg: Registry) -> threading.Thread | None:
             log.warning("compiling the checkpoints failed; they run eagerly: %s", done.stderr.strip()[-500:])
         torch_thread().run(_adopt_compiled, reg)  # the packages that were built, even if one failed
 
-    thread = threading.Thread(target=build, name="compile-checkpoints", daemon=True)
+    thread = threading.Thread(target=work, name="compile-checkpoints", daemon=True)
     thread.start()
     return thread
 

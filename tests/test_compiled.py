@@ -173,3 +173,8 @@ def test_the_app_builds_missing_packages_in_the_background(tmp_path: Path, monke
     assert isinstance(reg.get("tiny").model, CompiledModel)
     assert len(list(running)) == 3  # the run that started eagerly finishes
     assert compile_in_background(reg) is None  # nothing left to build
+    # The next start: eager at first, then the package that exists, with nothing to build.
+    again = load_registry(tmp_path / "ckpts", device="cpu", precision="bfloat16", compiled=False)
+    assert isinstance(again.get("tiny").model, InferenceModel)
+    compile_in_background(again, build=False).join(timeout=60)
+    assert isinstance(again.get("tiny").model, CompiledModel)
