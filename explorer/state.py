@@ -53,12 +53,16 @@ class Registry:
     checkpoints: dict[str, Checkpoint]  # name -> loaded checkpoint; .model: InferenceModel or CompiledModel
     schedules: dict[str, NoiseSchedule]  # "linear" / "cosine", T = 1000, on the CPU (forward views)
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why it could not be loaded
-    compiled: tuple[str, ...] = ()  # checkpoints that ran from an AOTInductor package at start-up
     directory: Path | None = None  # where the checkpoints were found
 
     @property
     def names(self) -> list[str]:
         return list(self.checkpoints)
+
+    @property
+    def compiled(self) -> tuple[str, ...]:
+        """The checkpoints that now run from an AOTInductor package (diffusion_core.compiled)."""
+        return tuple(n for n, c in self.checkpoints.items() if isinstance(c.model, CompiledModel))
 
     def get(self, name: str) -> Checkpoint:
         if name not in self.checkpoints:
@@ -116,8 +120,7 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
     loaded = dict(sorted(loaded.items(), key=lambda kv: (kv[1].dataset != "mnist",
                                                          kv[1].schedule.config.name != "linear", kv[0])))
     schedules = {name: make_schedule(name, 1000) for name in SCHEDULE_NAMES}
-    compiled = tuple(n for n, c in loaded.items() if isinstance(c.model, CompiledModel))
-    return Registry(dev, threads, precision, loaded, schedules, skipped, compiled, directory)
+    return Registry(dev, threads, precision, loaded, schedules, skipped, directory)
 
 
 def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread | None:
@@ -130,16 +133,14 @@ def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread
     (diffusion_core.compiled.default_cache_dir), so later starts only load them. CPU only; returns
     the thread, or None when there is nothing to do.
     """
-    if reg.device.type != "cpu" or reg.directory is None:
-        return None
-    if all(isinstance(c.model, CompiledModel) for c in reg.checkpoints.values()):
+    if reg.device.type != "cpu" or reg.directory is None or len(reg.compiled) == len(reg.checkpoints):
         return None
 
     def work() -> None:
         import torch._inductor  # noqa: F401  (here, not on the torch thread or before the first page)
 
         torch_thread().run(_adopt_compiled, reg)
-        if not build or all(isinstance(c.model, CompiledModel) for c in reg.checkpoints.values()):
+        if not build or len(reg.compiled) == len(reg.checkpoints):
             return
         cmd = [sys.executable, "-m", "diffusion_core.compiled", "--checkpoints", str(reg.directory),
                "--precision", reg.precision, "--threads", str(reg.threads), "--background"]
