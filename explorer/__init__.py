@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import gradio as gr
 
@@ -35,7 +36,7 @@ def header(reg: Registry) -> str:
 def build_app(reg: Registry | None = None) -> gr.Blocks:
     reg = reg or load_registry()
     with gr.Blocks(title="Diffusion Explorer", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
-        gr.Markdown(header(reg), elem_id="header")
+        head = gr.Markdown(header(reg), elem_id="header")
         with gr.Tabs():
             with gr.Tab("1 · Forward process", id="forward"):
                 fwd = forward_tab.build(reg)
@@ -48,6 +49,9 @@ def build_app(reg: Registry | None = None) -> gr.Blocks:
         pick_fn, pick_in, pick_out = fwd["pick"]
         scrub_fn, scrub_io = fwd["scrub"]
         strip_fn, strip_io = fwd["strip"]
+        # Rendered again on every page load: the background build switches checkpoints to their
+        # compiled packages after start-up, and a visitor should see the path that will run.
+        demo.load(partial(header, reg), None, head, api_visibility="private", show_progress="hidden", queue=False)
         demo.load(pick_fn, pick_in, pick_out, api_visibility="private", show_progress="hidden").then(
             scrub_fn, **scrub_io, api_visibility="private", show_progress="hidden").then(
             strip_fn, **strip_io, api_visibility="private", show_progress="hidden")

@@ -111,6 +111,20 @@ def test_broken_checkpoints_are_refused_by_name_and_the_app_serves_the_rest(regi
     assert "`tampered` was not loaded" in header(registry)  # shown to visitors, not only logged
 
 
+def test_the_header_is_rendered_again_on_every_page_load(registry) -> None:
+    # The background build switches checkpoints to compiled packages after start-up: a page
+    # opened later must name the path that runs now, not the one at build time.
+    demo = build_app(registry)
+    head = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "header")
+    (dep,) = [f for f in demo.fns.values() if f.outputs == [head] and any(e == "load" for _, e in f.targets)]
+    assert dep.fn() == header(registry)
+    registry.skipped["late"] = "late.safetensors: refused after the page was built"
+    try:
+        assert "`late` was not loaded" in dep.fn()
+    finally:
+        del registry.skipped["late"]
+
+
 def test_nothing_unpickles() -> None:
     banned = re.compile(r"torch\.load\(|pickle\.loads?\(|Unpickler|weights_only\s*=\s*False|numpy\.load\(.*allow_pickle=True")
     sources = [ROOT / "app.py", *sorted((ROOT / "explorer").rglob("*.py")), *sorted((ROOT / "diffusion_core").rglob("*.py"))]
