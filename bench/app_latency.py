@@ -4,6 +4,10 @@
 
 Prints: server time of one forward scrub event (and the client round trip), time to the first
 streamed frame, and full runs: DDIM-50 for 16 images and DDPM-1000 for 4 images.
+
+The client runs in a process of its own, as a visitor's browser does: gradio_client waits for
+outputs by polling every millisecond, and in the server's process each poll would take the GIL
+from the sampling thread, which a compiled model holds for a whole forward pass.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,9 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gradio_client import Client  # noqa: E402
-
-from explorer import build_app, launch_kwargs  # noqa: E402
-from explorer.state import load_registry  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -38,6 +40,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint name (default: the first loaded)")
     ap.add_argument("--repeats", type=int, default=20)
     a = ap.parse_args()
+    from explorer import build_app, launch_kwargs  # the server's side only: the client process needs neither
+    from explorer.state import load_registry
 
     reg = load_registry(a.checkpoints)
     model = a.model or ("mnist-linear" if "mnist-linear" in reg.names else reg.names[0])
@@ -48,22 +52,26 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
-    # download_files=False: a visitor's browser fetches the images on its own machine; downloading them
-    # here would put the client's work on the server's cores.
-    c = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
     print(f"device {reg.device} · {reg.threads} threads · model {model}"
           f"{' (AOTInductor package)' if model in reg.compiled else ' (eager)'}")
-
     fmt = reg.get(model).dataset
-    ex = "mnist-3" if fmt == "mnist" else "circle-1"
-    c.predict(ex, fmt, api_name="/forward_example")
     state = {"x0": reg.get(model).schedule.sqrt_alphas_cumprod.new_zeros(
         (reg.get(model).model_config.in_channels,) + (reg.get(model).model_config.image_size,) * 2)}
     server = timed(lambda: scrub_fn(state, "linear", 0, 500), a.repeats)
+    print(f"forward scrub event: server {statistics.median(server) * 1e3:.1f} ms (median of {a.repeats})", flush=True)
+    subprocess.run([sys.executable, __file__, "--client", f"http://127.0.0.1:{port}/", model, fmt, str(a.repeats)],
+                   check=False)
+    demo.close()
+
+
+def client(url: str, model: str, fmt: str, repeats: int) -> None:
+    """The visitor's side, in its own process. download_files=False: a visitor's browser fetches the
+    images on its own machine; downloading them here would put the client's work on the server's cores."""
+    c = Client(url, verbose=False, download_files=False)
+    c.predict("mnist-3" if fmt == "mnist" else "circle-1", fmt, api_name="/forward_example")
     ts = iter(range(10, 1000, 37))
-    rtt = timed(lambda: c.predict("linear", 0, next(ts), api_name="/forward_scrub"), a.repeats)
-    print(f"forward scrub event: server {statistics.median(server) * 1e3:.1f} ms (median of {a.repeats}), "
-          f"client round trip {statistics.median(rtt) * 1e3:.1f} ms")
+    rtt = timed(lambda: c.predict("linear", 0, next(ts), api_name="/forward_scrub"), repeats)
+    print(f"forward scrub client round trip {statistics.median(rtt) * 1e3:.1f} ms")
 
     def first_frame(sampler: str, steps: int, num: int) -> tuple[float, float]:
         t0 = time.perf_counter()
@@ -81,9 +89,11 @@ def main() -> None:
     ff, total = first_frame("ddim", 50, 16)
     print(f"DDIM-50, 16 images: first frame {ff * 1e3:.0f} ms, full run {total:.2f} s")
     ff, total = first_frame("ddpm", 1000, 4)
-    print(f"DDPM-1000, 4 images: first frame {ff * 1e3:.0f} ms, full run {total:.2f} s")
-    demo.close()
+    print(f"DDPM-1000, 4 images: first frame {ff * 1e3:.0f} ms, full run {total:.2f} s", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 6 and sys.argv[1] == "--client":
+        client(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    else:
+        main()
