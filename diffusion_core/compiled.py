@@ -3,10 +3,10 @@
     python -m diffusion_core.compiled [--checkpoints checkpoints] [--precision auto] [--cache DIR]
 
 compiles every checkpoint in a folder into a `.pt2` package (torch.export, then Inductor with its
-weights frozen into the code: 25 to 30 s per `fast` U-Net here). `load_compiled` returns a
-`CompiledModel` with InferenceModel's call and `.cfg` when a package for exactly these weights,
-this precision, this torch, this CPU and this thread count exists, and None otherwise, so a
-caller falls back to eager.
+weights frozen into the code: 25 to 35 s per `fast` U-Net and precision on the quiet 2-core
+machine). `load_compiled` returns a `CompiledModel` with InferenceModel's call and `.cfg` when a
+package for exactly these weights, this precision, this torch, this CPU and this thread count
+exists, and None otherwise, so a caller falls back to eager.
 
 Why ahead of time: `torch.compile` at start-up costs a minute or more of a 2-core machine before the
 first sample; a package compiled once is loaded in 10 ms. What it buys on CPU (bench/sampling.py):

@@ -128,7 +128,7 @@ def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread
 
     A thread imports Inductor (about 2 s, so not before the first page), switches the checkpoints
     that have a package on this machine, and with `build` runs `python -m diffusion_core.compiled`
-    for the rest in a child process at the lowest CPU priority (about 30 s of one core per `fast`
+    for the rest in a child process at the lowest CPU priority (25 to 35 s per `fast`
     U-Net; visitors keep the cores), then switches those too. Packages are kept per machine
     (diffusion_core.compiled.default_cache_dir), so later starts only load them. CPU only; returns
     the thread, or None when there is nothing to do.
