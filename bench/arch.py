@@ -1,0 +1,176 @@
+"""Which U-Net shape is cheap on 2 CPU cores: sampling and training speed of candidate nets.
+
+    python bench/arch.py [--repeats 15] [--train-steps 30] [--no-compile]
+
+Every candidate takes a 28x28 MNIST digit and a label (10 classes + null), and is built with
+random weights (speed does not depend on them). For each it prints parameters, GFLOP per image
+step, one sampling call in bfloat16 at batch 1, 4 and 16 (eager, and an AOTInductor package built
+for 2 threads as the app runs it), the ratio to the FLOP bound at batch 16, and one training step
+as the DDP recipe runs it per process (1 thread, batch 32, bfloat16 autocast, min-SNR loss, AdamW).
+Candidates:
+- `fast`: the shipped checkpoints' net (widths 16/32/64 at 28/14/7, attention at 7x7).
+- `p2 A/B`: `patch_size=2` (pixel-unshuffle 28x28x1 -> 14x14x4 first, pixel-shuffle back last), a
+  two-level U-Net of widths A/B at 14/7 with attention at 7x7: the 28x28 level, the least
+  efficient on a CPU (16 channels), is gone.
+Calls take turns across candidates; figures are medians from this one run (shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffusion_core.compiled import CompiledModel, compile_package  # noqa: E402
+from diffusion_core.inference import InferenceModel  # noqa: E402
+from diffusion_core.model import ModelConfig, UNet, count_parameters  # noqa: E402
+from diffusion_core.runtime import set_threads  # noqa: E402
+from diffusion_core.schedules import make_schedule  # noqa: E402
+from diffusion_core.train import diffusion_loss  # noqa: E402
+
+MNIST = dict(in_channels=1, image_size=28, num_classes=10)
+
+
+def candidates() -> dict[str, nn.Module]:
+    def patched(a: int, blocks: int = 1) -> nn.Module:
+        return UNet(ModelConfig(**MNIST, patch_size=2, base_channels=a, channel_mults=(1, 2), num_res_blocks=blocks,
+                                attention=True))
+
+    return {
+        "fast": UNet(ModelConfig(**MNIST, base_channels=16, channel_mults=(1, 2, 4), attention=True)),
+        "p2 32/64": patched(32),
+        "p2 32/64, 2 blocks": patched(32, 2),
+        "p2 48/96": patched(48),
+    }
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Nonzero weights everywhere (the zero-initialised output convs would make blocks skip work)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def gflop(model: nn.Module) -> float:
+    x, t, y = torch.randn(1, 1, 28, 28), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x, t, y)
+    return fc.get_total_flops() / 1e9
+
+
+def bf16_peak(repeats: int = 10, n: int = 1024) -> float:
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(ts) / 1e9
+
+
+def call_args(n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 1000, (n,), generator=g), \
+        torch.randint(0, 11, (n,), generator=g)
+
+
+def train_step_fn(model: nn.Module, batch: int = 32):
+    """One DDP-rank training step of the shipped recipe, without the all-reduce."""
+    net = randomize(model).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    schedule = make_schedule("linear", 1000)
+    g = torch.Generator().manual_seed(0)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def step() -> None:
+        x0 = torch.rand(batch, 1, 28, 28, generator=g) * 2 - 1
+        y = torch.randint(0, 11, (batch,), generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        with amp:
+            loss = diffusion_loss(net, schedule, x0, t, noise, y, "min_snr", 5.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+
+    return step
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--train-steps", type=int, default=30)
+    p.add_argument("--no-compile", action="store_true", help="skip the AOTInductor packages (about 30 s each)")
+    a = p.parse_args()
+    cands = {k: randomize(m) for k, m in candidates().items()}
+    set_threads(2)
+    peak = bf16_peak()
+    print(f"# 2 threads, torch {torch.__version__}, bfloat16 matmul peak (1024^3) {peak:.0f} GFLOP/s")
+    flops = {k: gflop(m) for k, m in cands.items()}
+    paths: dict[str, dict[str, nn.Module]] = {"bfloat16 eager": {k: InferenceModel(m, "bfloat16") for k, m in cands.items()}}
+    if not a.no_compile:
+        cache = Path(tempfile.mkdtemp(prefix="bench-arch-"))
+        paths["bfloat16 AOTInductor"] = {}
+        for k, m in paths["bfloat16 eager"].items():
+            path = cache / f"{k.replace(' ', '_').replace('/', '-').replace(',', '')}.pt2"
+            t0 = time.perf_counter()
+            compile_package(m, path, 2)
+            paths["bfloat16 AOTInductor"][k] = CompiledModel(torch._inductor.aoti_load_package(str(path)), m, path)
+            print(f"# compiled {k} in {time.perf_counter() - t0:.1f} s")
+
+    g = torch.Generator().manual_seed(0)
+    times: dict[tuple[str, str, int], list[float]] = {}
+    with torch.inference_mode():
+        for batch in (1, 4, 16):
+            args = call_args(batch, g)
+            for path, models in paths.items():
+                for m in models.values():
+                    m(*args)  # warm-up
+            for _ in range(a.repeats):
+                for path, models in paths.items():
+                    for k, m in models.items():
+                        times.setdefault((path, k, batch), []).append(timed(lambda: m(*args)))
+
+    set_threads(1)
+    steps = {k: train_step_fn(m) for k, m in candidates().items()}
+    for fn in steps.values():
+        fn(), fn()  # warm-up
+    train: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(a.train_steps):
+        for k, fn in steps.items():
+            train[k].append(timed(fn))
+
+    print("\n| net | parameters | GFLOP / image step | path | batch 1 ms | batch 4 ms | batch 16 ms | "
+          "batch 16 / FLOP bound | train step, 1 thread, batch 32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k in cands:
+        for path in paths:
+            ms = [1e3 * statistics.median(times[(path, k, b)]) for b in (1, 4, 16)]
+            bound = 16 * flops[k] / peak * 1e3
+            print(f"| {k} | {count_parameters(cands[k]) / 1e6:.2f} M | {flops[k]:.3f} | {path} | "
+                  + " | ".join(f"{v:.2f}" for v in ms) + f" | {ms[2] / bound:.2f}x | "
+                  f"{1e3 * statistics.median(train[k]):.0f} ms |")
+
+
+if __name__ == "__main__":
+    main()
