@@ -3,7 +3,12 @@
     python bench/app_latency.py [--checkpoints checkpoints] [--model NAME] [--repeats 20]
 
 Prints: server time of one forward scrub event (and the client round trip), time to the first
-streamed frame, and full runs: DDIM-50 for 16 images and DDPM-1000 for 4 images.
+streamed frame, and full runs: DDIM-50 for 16 images and DDPM-1000 for 4 images. Then where a
+served run's time goes, the same two runs in the server process without HTTP, taking turns
+(`--repeats-inner`, default 3, medians): the core sampling loop alone; the reverse handler called
+directly, split into its sampling loop (statistics, recorded frames and the streamed frames'
+upscaling included) and its final output (chart, GIF); and the handler with streaming off (only
+the final output), which isolates what the streamed frames cost before Gradio encodes them.
 
 The client runs in a process of its own, as a visitor's browser does, so that its polling (every
 millisecond) and message parsing never wait for the server process's GIL, which a compiled model
@@ -40,6 +45,7 @@ def main() -> None:
     ap.add_argument("--checkpoints", default=None, help="checkpoint folder (default ./checkpoints)")
     ap.add_argument("--model", default=None, help="checkpoint name (default: the first loaded)")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats-inner", type=int, default=3)
     a = ap.parse_args()
     from explorer import build_app, launch_kwargs  # the server's side only: the client process needs neither
     from explorer.state import load_registry
@@ -62,7 +68,55 @@ def main() -> None:
     print(f"forward scrub event: server {statistics.median(server) * 1e3:.1f} ms (median of {a.repeats})", flush=True)
     subprocess.run([sys.executable, __file__, "--client", f"http://127.0.0.1:{port}/", model, fmt, str(a.repeats)],
                    check=False)
+    inner(demo, reg, model, a.repeats_inner)
     demo.close()
+
+
+def inner(demo, reg, model: str, repeats: int) -> None:
+    """The served runs' parts, in this process (no HTTP, no queue), the variants taking turns."""
+    import explorer.reverse_tab as reverse_tab
+    from diffusion_core.runtime import torch_thread
+    from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample
+
+    run_fn = next(d.fn for d in demo.fns.values() if d.api_name == "reverse_sample")
+    ckpt = reg.get(model)
+    cfg = ckpt.model_config
+    interval = reverse_tab.MIN_FRAME_INTERVAL_S
+
+    def core(sampler: str, steps: int, n: int) -> float:
+        def go() -> float:
+            import torch
+            g = make_generator(0)
+            x_T = initial_noise((n, cfg.in_channels, cfg.image_size, cfg.image_size), g, reg.device)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                sample(ckpt.model, ckpt.schedule, x_T, SamplerConfig(sampler=sampler, steps=steps), None, g)
+            return time.perf_counter() - t0
+        return torch_thread().run(go)
+
+    def handler(sampler: str, steps: int, n: int, stream: bool) -> tuple[float, float]:
+        reverse_tab.MIN_FRAME_INTERVAL_S = interval if stream else float("inf")
+        try:
+            t0 = time.perf_counter()
+            outs = list(run_fn(model, sampler, steps, 0.0, 0, n, "any", 1.0))
+            total = time.perf_counter() - t0
+        finally:
+            reverse_tab.MIN_FRAME_INTERVAL_S = interval
+        assert outs, "the handler yielded nothing"
+        return total, len(outs) - 1
+
+    for sampler, steps, n in (("ddim", 50, 16), ("ddpm", 1000, 4)):
+        rows: dict[str, list[float]] = {"core": [], "stream": [], "no stream": []}
+        frames = 0
+        for _ in range(repeats):
+            rows["core"].append(core(sampler, steps, n))
+            total, frames = handler(sampler, steps, n, True)
+            rows["stream"].append(total)
+            rows["no stream"].append(handler(sampler, steps, n, False)[0])
+        med = {k: statistics.median(v) for k, v in rows.items()}
+        print(f"in process, {sampler.upper()}-{steps}, {n} images (medians of {repeats}, taking turns): "
+              f"core loop {med['core']:.3f} s; handler {med['stream']:.3f} s with {frames} streamed frames, "
+              f"{med['no stream']:.3f} s with streaming off", flush=True)
 
 
 def client(url: str, model: str, fmt: str, repeats: int) -> None:
