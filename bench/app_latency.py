@@ -6,9 +6,10 @@ Prints: server time of one forward scrub event (and the client round trip), time
 streamed frame, and full runs: DDIM-50 for 16 images and DDPM-1000 for 4 images. Then where a
 served run's time goes, the same two runs in the server process without HTTP, taking turns
 (`--repeats-inner`, default 3, medians): the core sampling loop alone; the reverse handler called
-directly, split into its sampling loop (statistics, recorded frames and the streamed frames'
-upscaling included) and its final output (chart, GIF); and the handler with streaming off (only
-the final output), which isolates what the streamed frames cost before Gradio encodes them.
+directly (statistics, recorded frames, the streamed frames' upscaling, the final chart and GIF);
+and the handler with streaming off (the first frame and the final output only), so that handler
+minus core is the handler's own work, and streaming on minus off what the streamed frames cost
+before Gradio encodes and sends them.
 
 The client runs in a process of its own, as a visitor's browser does, so that its polling (every
 millisecond) and message parsing never wait for the server process's GIL, which a compiled model
@@ -94,7 +95,7 @@ def inner(demo, reg, model: str, repeats: int) -> None:
             return time.perf_counter() - t0
         return torch_thread().run(go)
 
-    def handler(sampler: str, steps: int, n: int, stream: bool) -> tuple[float, float]:
+    def handler(sampler: str, steps: int, n: int, stream: bool) -> tuple[float, int]:
         reverse_tab.MIN_FRAME_INTERVAL_S = interval if stream else float("inf")
         try:
             t0 = time.perf_counter()

@@ -81,7 +81,8 @@ PRESETS: dict[str, ModelConfig] = {
     # Cheap enough to stream DDIM-50 for 16 images in about a second on 2 CPU cores.
     "fast": ModelConfig(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attention=True),
     # `fast` on 2x2 patches (patch_size=2): levels of width 32/64 at H/2 and H/4, attention at H/4.
-    # Same parameter count as `fast`, 1.7x to 1.9x faster per step on 2 CPU cores (bench/arch.py).
+    # fast's parameter count; one call 1.6x to 1.9x faster on 2 CPU cores (bench/arch.py), but at equal
+    # training steps a worse null label (README, "a cheaper shape for the net"): no checkpoint uses it yet.
     "patch2": ModelConfig(base_channels=32, channel_mults=(1, 2), num_res_blocks=1, attention=True, patch_size=2),
     # The reference net of shared/notes: widths 32/64/128, one block per level.
     "base": ModelConfig(base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=1),
