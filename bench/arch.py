@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,6 +36,7 @@ from diffusion_core.model import ModelConfig, UNet, count_parameters  # noqa: E4
 from diffusion_core.runtime import set_threads  # noqa: E402
 from diffusion_core.schedules import make_schedule  # noqa: E402
 from diffusion_core.train import diffusion_loss  # noqa: E402
+from sampling import matmul_peak, model_gflop  # noqa: E402  (bench/sampling.py, beside this script)
 
 MNIST = dict(in_channels=1, image_size=28, num_classes=10)
 
@@ -61,25 +61,6 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return model.eval()
-
-
-def gflop(model: nn.Module) -> float:
-    x, t, y = torch.randn(1, 1, 28, 28), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(x, t, y)
-    return fc.get_total_flops() / 1e9
-
-
-def bf16_peak(repeats: int = 10, n: int = 1024) -> float:
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        ts.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(ts) / 1e9
 
 
 def call_args(n: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -124,9 +105,9 @@ def main() -> None:
     a = p.parse_args()
     cands = {k: randomize(m) for k, m in candidates().items()}
     set_threads(2)
-    peak = bf16_peak()
+    peak = matmul_peak(torch.bfloat16, torch.device("cpu"), repeats=10)
     print(f"# 2 threads, torch {torch.__version__}, bfloat16 matmul peak (1024^3) {peak:.0f} GFLOP/s")
-    flops = {k: gflop(m) for k, m in cands.items()}
+    flops = {k: model_gflop(m, m.cfg) for k, m in cands.items()}
     paths: dict[str, dict[str, nn.Module]] = {"bfloat16 eager": {k: InferenceModel(m, "bfloat16") for k, m in cands.items()}}
     if not a.no_compile:
         cache = Path(tempfile.mkdtemp(prefix="bench-arch-"))
