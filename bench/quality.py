@@ -2,8 +2,8 @@
 
     python bench/quality.py [--num 1000] [--ddpm-num 250] [--write-cards] [--grids assets/samples]
 
-For each MNIST checkpoint: DDIM at 10, 20 and 50 steps (eta 0), unconditional (the null label) and
-guided over all ten digits (classifier-free guidance, --guidance), DDIM-50 conditional without
+For each MNIST checkpoint: DDIM at 10, 20 and 50 steps, unconditional (the null label) with eta 0 and
+eta 1, and guided over all ten digits (classifier-free guidance, --guidance), DDIM-50 conditional without
 guidance (w = 1), and DDPM-1000 unconditional and guided (on --ddpm-num samples: it costs 20x
 DDIM-50), each with the real-vs-real floor at the same count; then DDPM-1000 vs DDIM-50 from the
 same x_T, per pixel.
@@ -76,8 +76,9 @@ def main() -> None:
         conditional = mnist and bool(card["model"]["num_classes"])
         runs = [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, num=a.num, seed=a.seed)
                 for n in ((10, 20, 50) if mnist else (50,))]
-        if not mnist:  # stochastic DDIM: eta = 1 re-injects noise each step (the DDPM variance)
-            runs.append(EvalArgs(checkpoint=str(path), sampler="ddim", steps=50, eta=1.0, num=a.num, seed=a.seed))
+        # stochastic DDIM: eta = 1 re-injects noise each step (the DDPM posterior variance of the skipped step)
+        runs += [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, eta=1.0, num=a.num, seed=a.seed)
+                 for n in ((10, 20, 50) if mnist else (50,))]
         if conditional:
             runs += [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, num=a.num, seed=a.seed,
                               all_labels=True, guidance=a.guidance) for n in (10, 20, 50)]
