@@ -72,7 +72,7 @@ def tour(page, url: str, out: Path, sampler: str = "ddpm", compare_ddpm_steps: i
     page.mouse.move(box["x"] + box["width"] * 0.25, y)
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=10)
-    seen["changed_while_dragging"] = wait_for_change(page, "#forward-xt", before, 15) != before
+    wait_for_change(page, "#forward-xt", before, 15)  # raises unless x_t changes before the mouse is released
     page.mouse.move(box["x"] + box["width"] * 0.45, y, steps=5)
     page.mouse.up()
     page.wait_for_timeout(800)
@@ -83,8 +83,7 @@ def tour(page, url: str, out: Path, sampler: str = "ddpm", compare_ddpm_steps: i
     page.wait_for_timeout(500)
     page.locator("#reverse-play").click()
     first = wait_for_change(page, "#reverse-xt", None, 60)
-    second = wait_for_change(page, "#reverse-xt", first, 60)
-    seen["frames_changed"] = first != second
+    wait_for_change(page, "#reverse-xt", first, 60)  # raises unless a second, different frame streams in
     page.wait_for_timeout(1500)
     page.locator("#reverse-stop").click()
     page.wait_for_function("document.querySelector('#reverse-status').innerText.includes('stopped')", timeout=120_000)
@@ -130,8 +129,6 @@ def test_browser_tour(url: str) -> None:
             seen = tour(page, url, ARTIFACTS, compare_ddpm_steps=100)
         finally:
             browser.close()
-    assert seen["changed_while_dragging"]
-    assert seen["frames_changed"]
     assert "stopped" in seen["status_after_stop"] and "step 1000 / 1000" not in seen["status_after_stop"]
     for name in ("1-forward", "2-reverse", "3-compare", "4-schedules"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
