@@ -122,3 +122,24 @@ def test_two_cpu_processes_under_torchrun_agree(tmp_path: Path) -> None:
     ddp_w, single_w = load_file(str(tmp_path / "ddp.safetensors")), load_file(str(tmp_path / "single.safetensors"))
     assert ddp_w.keys() == single_w.keys()
     assert max((ddp_w[k] - single_w[k]).abs().max().item() for k in ddp_w) > 1e-4
+
+
+def test_raw_weights_export_reads_the_run_that_made_the_checkpoint(tmp_path: Path) -> None:
+    """bench/raw_weights.py: the run's raw weights as a loadable checkpoint, refused for another run's card."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from raw_weights import export_raw
+
+    _run(tmp_path, "a", 3, 3)
+    _run(tmp_path, "b", 2, 2)
+    card_a = json.loads((tmp_path / "a.json").read_text())
+    (tmp_path / "a.json").write_text(json.dumps({**card_a, "evaluation": {"ddim-50": {"fd": 1.0}}}))  # not the raw weights'
+    export_raw(tmp_path / "run-a", tmp_path / "a", tmp_path / "raw")
+    state = load_file(str(tmp_path / "run-a" / "state.safetensors"))
+    raw = load_checkpoint(tmp_path / "raw")  # passes the SHA-256 check
+    assert raw.card["weights"].endswith("at step 3") and "evaluation" not in raw.card
+    shipped = load_file(str(tmp_path / "a.safetensors"))
+    for k, v in load_file(str(tmp_path / "raw.safetensors")).items():
+        assert torch.equal(v, state[f"model.{k}"].float())
+    assert any(not torch.equal(shipped[k], state[f"model.{k}"].float()) for k in shipped)  # EMA != raw
+    with pytest.raises(SystemExit, match="not the run that made that checkpoint"):
+        export_raw(tmp_path / "run-a", tmp_path / "b", tmp_path / "raw-b")
