@@ -124,9 +124,9 @@ def test_two_cpu_processes_under_torchrun_agree(tmp_path: Path) -> None:
     assert max((ddp_w[k] - single_w[k]).abs().max().item() for k in ddp_w) > 1e-4
 
 
-def test_raw_weights_export_reads_the_run_that_made_the_checkpoint(tmp_path: Path) -> None:
+def test_raw_weights_export_reads_the_run_that_made_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
     """bench/raw_weights.py: the run's raw weights as a loadable checkpoint, refused for another run's card."""
-    sys.path.insert(0, str(ROOT / "bench"))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     from raw_weights import export_raw
 
     _run(tmp_path, "a", 3, 3)
