@@ -18,33 +18,28 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.checkpoints import FORMAT, checkpoint_paths, read_card, sha256_file, write_card
+from diffusion_core.checkpoints import load_checkpoint, save_checkpoint
+from diffusion_core.schedules import ScheduleConfig
+from diffusion_core.train import state_part
 
 
-def export_raw(state_dir: Path, card_path: Path, out: Path) -> Path:
-    """Write OUT.{safetensors,json} from STATE_DIR/state.safetensors's raw weights; returns the weights' path."""
-    state = load_file(str(state_dir / "state.safetensors"))
-    shipped_weights, _ = checkpoint_paths(card_path)
-    shipped = load_file(str(shipped_weights))
-    ema = {k.removeprefix("ema."): v for k, v in state.items() if k.startswith("ema.")}
+def export_raw(state_dir: Path, card_path: Path, out: Path) -> None:
+    """Write OUT.{safetensors,json}: CARD_PATH's checkpoint with STATE_DIR's raw weights in place of its EMA ones."""
+    ck = load_checkpoint(card_path)  # verifies the shipped file's SHA-256
+    tensors = load_file(str(state_dir / "state.safetensors"))
+    ema, shipped = state_part(tensors, "ema"), ck.model.state_dict()
     if ema.keys() != shipped.keys() or not all(torch.equal(ema[k].float(), shipped[k]) for k in shipped):
-        raise SystemExit(f"{state_dir}: its EMA weights are not {shipped_weights}: not the run that made that checkpoint")
-    raw = {k: state[f"model.{k}"].to("cpu", torch.float32).contiguous() for k in shipped}
-    weights, _ = checkpoint_paths(out)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    save_file(raw, str(weights), metadata={"format": FORMAT})
-    card = read_card(card_path)
-    card.pop("evaluation", None)
+        raise SystemExit(f"{state_dir}: its EMA weights are not {card_path}'s: not the run that made that checkpoint")
+    ck.model.load_state_dict(state_part(tensors, "model"))
     step = json.loads((state_dir / "state.json").read_text())["step"]
+    card = {k: v for k, v in ck.card.items() if k not in ("evaluation", "weights_sha256")}
     card["weights"] = f"raw (no EMA) from {state_dir}/state.safetensors at step {step}"
-    card["weights_sha256"] = sha256_file(weights)
-    write_card(out, card)
-    return weights
+    save_checkpoint(out, ck.model, ck.model_config, ScheduleConfig(**ck.card["schedule"]), ck.dataset, card)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--card", type=Path, required=True, help="the checkpoint that run shipped, e.g. checkpoints/mnist-cosine")
     p.add_argument("--out", type=Path, required=True, help="where to write OUT.safetensors and OUT.json")
     args = p.parse_args(argv)
-    print(export_raw(args.state, args.card, args.out))
+    export_raw(args.state, args.card, args.out)
+    print(f"{args.out}.safetensors, {args.out}.json")
 
 
 if __name__ == "__main__":

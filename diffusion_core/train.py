@@ -196,6 +196,12 @@ def _config_json(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
+def state_part(tensors: dict[str, torch.Tensor], part: Literal["model", "ema"]) -> dict[str, torch.Tensor]:
+    """One state dict out of a run's state.safetensors (see _save_state): the raw or the EMA weights."""
+    prefix = f"{part}."
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def _load_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
                 cfg: TrainConfig) -> tuple[int, float, list[dict[str, float]], list[dict[str, Any]]]:
     meta = json.loads((path / "state.json").read_text())
@@ -208,8 +214,8 @@ def _load_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module, opt: t
                 "use another --run-dir or --no-resume"
             )
     tensors = load_file(str(path / "state.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    model.load_state_dict(state_part(tensors, "model"))
+    ema.load_state_dict(state_part(tensors, "ema"))
     osd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
