@@ -47,10 +47,15 @@ def native_bfloat16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> "bfloat16" where native, else "float32"; explicit choices are kept."""
+    """"auto" -> "bfloat16" on a CPU that computes it natively, else "float32"; explicit choices are kept.
+
+    On a GPU "auto" is float32: these U-Nets are too small to keep one busy, so a model call costs its
+    kernel launches, and bfloat16 only adds casts (H200, batch 16: float32 3.9 ms, bfloat16 weights
+    4.4 ms, autocast 5.7 ms; bench/results/gpu-2026-11-27-run1/sampling.txt).
+    """
     check_choice("precision", precision, PRECISIONS)
     if precision == "auto":
-        return "bfloat16" if native_bfloat16(device) else "float32"
+        return "bfloat16" if device.type == "cpu" and native_bfloat16(device) else "float32"
     return precision
 
 
@@ -83,3 +88,52 @@ class InferenceModel(torch.nn.Module):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.model(x, t, y)
         return out.float().contiguous()
+
+
+class CUDAGraphModel(torch.nn.Module):
+    """eps_theta replayed from CUDA graphs: `CUDAGraphModel(InferenceModel(model))(x, t, y)`, same outputs.
+
+    A model this small leaves a GPU idle between its few hundred kernel launches; a graph captured once
+    per call signature (input shape and dtype, with or without labels) replays them all with one launch.
+    Inputs are copied into the graph's own buffers and the output is cloned out, so callers see an
+    ordinary function. At most `max_graphs` graphs are kept (least recently used dropped). CUDA only;
+    every call runs under torch.inference_mode and must come from one thread (the app's torch thread).
+    """
+
+    def __init__(self, model: torch.nn.Module, max_graphs: int = 16) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = getattr(model, "cfg", None)
+        self.max_graphs = max_graphs
+        self._graphs: dict[tuple, tuple] = {}  # key -> (graph, static x, t, y, output); insertion order = LRU
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if x.device.type != "cuda":
+            raise ValueError(f"CUDAGraphModel runs on a CUDA device, got inputs on {x.device}")
+        key = (tuple(x.shape), x.dtype, t.dtype, None if y is None else y.dtype)
+        with torch.inference_mode():
+            entry = self._graphs.pop(key, None) or self._capture(x, t, y)
+            self._graphs[key] = entry
+            while len(self._graphs) > self.max_graphs:
+                del self._graphs[next(iter(self._graphs))]
+            graph, sx, st, sy, out = entry
+            sx.copy_(x)
+            st.copy_(t)
+            if y is not None:
+                sy.copy_(y)
+            graph.replay()
+            return out.clone()
+
+    def _capture(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple:
+        sx, st = x.clone(), t.clone()
+        sy = None if y is None else y.clone()
+        side = torch.cuda.Stream(x.device)  # warm-up off the default stream, as torch.cuda.graph asks
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.model(sx, st, sy)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.model(sx, st, sy)
+        return graph, sx, st, sy, out

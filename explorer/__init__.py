@@ -28,6 +28,8 @@ def header(reg: Registry) -> str:
     skipped = "".join(f"\n\n⚠ Checkpoint `{n}` was not loaded: {why}" for n, why in reg.skipped.items())
     if reg.compiled:
         models += f" · compiled ahead of time (AOTInductor): {', '.join(f'`{n}`' for n in reg.compiled)}"
+    if reg.cuda_graphs:
+        models += f" · replayed from CUDA graphs: {', '.join(f'`{n}`' for n in reg.cuda_graphs)}"
     return (f"# Diffusion Explorer\nHow DDPM and DDIM turn noise into images, on small U-Nets trained for this app. "
             f"**Device: {reg.device.type.upper()}** ({reg.precision}) · {reg.threads} CPU threads · models: {models}"
             + skipped)

@@ -23,7 +23,7 @@ import torch
 
 from diffusion_core.checkpoints import Checkpoint, CheckpointError, discover_checkpoints, load_checkpoint
 from diffusion_core.compiled import CompiledModel, load_compiled
-from diffusion_core.inference import InferenceModel, resolve_precision
+from diffusion_core.inference import CUDAGraphModel, InferenceModel, resolve_precision
 from diffusion_core.runtime import select_device, set_threads, torch_thread
 from diffusion_core.schedules import SCHEDULE_NAMES, NoiseSchedule, make_schedule
 
@@ -64,6 +64,11 @@ class Registry:
         """The checkpoints that now run from an AOTInductor package (diffusion_core.compiled)."""
         return tuple(n for n, c in self.checkpoints.items() if isinstance(c.model, CompiledModel))
 
+    @property
+    def cuda_graphs(self) -> tuple[str, ...]:
+        """The checkpoints that run from CUDA graphs (diffusion_core.inference.CUDAGraphModel)."""
+        return tuple(n for n, c in self.checkpoints.items() if isinstance(c.model, CUDAGraphModel))
+
     def get(self, name: str) -> Checkpoint:
         if name not in self.checkpoints:
             raise ValueError(f"unknown checkpoint {name!r}; loaded: {', '.join(self.checkpoints)}")
@@ -82,13 +87,13 @@ def load_registry(directory: str | os.PathLike[str] | None = None, device: str =
     """Choose the device, size the thread pool and load every diffusion checkpoint in `directory`.
 
     `directory` defaults to $EXPLORER_CHECKPOINTS or ./checkpoints; `precision` to $EXPLORER_PRECISION
-    or "auto" (bfloat16 where the hardware computes it natively: the fastest path that holds quality,
+    or "auto" (bfloat16 on a CPU that computes it natively: the fastest path that holds quality,
     see bench/sampling.py). On the CPU a checkpoint runs from its AOTInductor package where
-    `python -m diffusion_core.compiled` built one for this machine (`compiled`; default: unless
-    $EXPLORER_COMPILED is "0"), else eagerly. Raises if no checkpoint loads. Runs on the torch
-    thread, like every handler (explorer.common.friendly), so that one OS thread does all of the
-    app's torch work; the calling thread and threads started later get one intra-op thread each
-    (TorchThread.confine_others).
+    `python -m diffusion_core.compiled` built one for this machine, and on a CUDA GPU from CUDA graphs
+    (`compiled`; default: unless $EXPLORER_COMPILED is "0"), else eagerly. Raises if no checkpoint
+    loads. Runs on the torch thread, like every handler (explorer.common.friendly), so that one OS
+    thread does all of the app's torch work; the calling thread and threads started later get one
+    intra-op thread each (TorchThread.confine_others).
     """
     if compiled is None:
         compiled = os.environ.get("EXPLORER_COMPILED", "1") != "0"  # "1" or "use": run packages that exist
@@ -110,6 +115,8 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
             ckpt.model = InferenceModel(ckpt.model, precision)
             if use_compiled and dev.type == "cpu":
                 ckpt.model = load_compiled(ckpt, ckpt.model) or ckpt.model
+            elif use_compiled and dev.type == "cuda":  # one launch per model call (bench/results/gpu-*)
+                ckpt.model = CUDAGraphModel(ckpt.model)
             loaded[ckpt.name] = ckpt
         except CheckpointError as e:
             skipped[path.name] = str(e)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from conftest import randomize
-from diffusion_core.inference import InferenceModel, native_bfloat16, resolve_precision
+from diffusion_core.inference import CUDAGraphModel, InferenceModel, native_bfloat16, resolve_precision
 from diffusion_core.model import build_model, preset
 
 
@@ -48,5 +50,31 @@ def test_precision_choice() -> None:
     auto = resolve_precision("auto", torch.device("cpu"))
     assert auto == ("bfloat16" if native_bfloat16(torch.device("cpu")) else "float32")
     assert resolve_precision("auto", torch.device("mps")) == "float32"
+    assert resolve_precision("auto", torch.device("cuda")) == "float32"  # launch-bound there: see its docstring
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_cuda_graphs_refuse_cpu_inputs(net) -> None:
+    with pytest.raises(ValueError, match="runs on a CUDA device"):
+        CUDAGraphModel(InferenceModel(net))(torch.randn(2, 1, 28, 28), torch.tensor([5, 9]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (bench/gpu.sh runs this on a GPU)")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_cuda_graphs_replay_the_model(net, precision) -> None:
+    """Each replay computes on the inputs it is given (not the captured ones), per shape and labelling."""
+    eager = InferenceModel(copy.deepcopy(net).cuda(), precision)
+    graphed = CUDAGraphModel(eager, max_graphs=2)
+    g = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        for n, labelled in ((4, False), (4, True), (4, False), (7, True), (4, False)):
+            for _ in range(2):  # fresh inputs on every call, into the same graph
+                x = torch.randn(n, 1, 28, 28, generator=g).cuda()
+                t = torch.randint(0, 1000, (n,), generator=g).cuda()
+                y = torch.randint(0, 11, (n,), generator=g).cuda() if labelled else None
+                out = graphed(x, t, y)
+                torch.testing.assert_close(out, eager(x, t, y), atol=1e-5, rtol=1e-5)
+    assert len(graphed._graphs) == 2  # the least recently used of three signatures was dropped
+    assert graphed.cfg is eager.cfg is not None
+
