@@ -77,6 +77,8 @@ def main() -> int:
     print(f"# {gpu_name}, torch {torch.__version__}; registry: device {reg.device}, "
           f"precision {reg.precision}, checkpoints {reg.names}, skipped {reg.skipped or 'none'}\n")
     assert reg.device.type == device, reg.device
+    if device == "cuda":  # the app's GPU path: float32, each model call replayed from a CUDA graph
+        assert reg.precision == "float32" and reg.cuda_graphs == tuple(reg.names), (reg.precision, reg.cuda_graphs)
     print(f"models run as: {type(next(iter(reg.checkpoints.values())).model).__name__}\n")
     print("| checkpoint | run | app path, s (median of 3) | eager float32, s | finite | app path vs CPU float32, "
           f"mean / max abs diff | eager float32 on {reg.device.type} vs CPU float32, mean abs diff |")

@@ -82,6 +82,11 @@ class Registry:
         return out
 
 
+# On a ZeroGPU Space each GPU call runs in a forked process that gets the GPU for that call only: a
+# CUDA graph captured there would not outlive it, so the models run eagerly.
+ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
 def load_registry(directory: str | os.PathLike[str] | None = None, device: str = "auto",
                   precision: str | None = None, compiled: bool | None = None) -> Registry:
     """Choose the device, size the thread pool and load every diffusion checkpoint in `directory`.
@@ -115,7 +120,7 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
             ckpt.model = InferenceModel(ckpt.model, precision)
             if use_compiled and dev.type == "cpu":
                 ckpt.model = load_compiled(ckpt, ckpt.model) or ckpt.model
-            elif use_compiled and dev.type == "cuda":  # one launch per model call (bench/results/gpu-*)
+            elif use_compiled and dev.type == "cuda" and not ZERO_GPU:  # one launch per model call
                 ckpt.model = CUDAGraphModel(ckpt.model)
             loaded[ckpt.name] = ckpt
         except CheckpointError as e:
