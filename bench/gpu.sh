@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure and check in one run, for a machine with a CUDA GPU and its own PyTorch:
 #   bash bench/gpu.sh [OUTDIR [PART...]]     (OUTDIR default: bench/results/gpu-<date>;
-#                                             PARTs: tests cuda sampling train, default all)
+#                                             PARTs: tests cuda sampling train, default all;
+#                                             $GPU_CHECKPOINTS and $GPU_REPEATS narrow sampling)
 # Missing pure-Python packages (diffusers, mlxtend, importlib_metadata) may be put as wheels in .whl/.
 # Writes gpu.txt (the GPU), pytest.txt (the tests whose CUDA cases run only on a GPU, and the
 # diffusers comparisons), cuda_check.txt (the app's CUDA path, bench/cuda_check.py), sampling.txt
@@ -30,7 +31,7 @@ if [[ $parts == *cuda* ]]; then
 fi
 if [[ $parts == *sampling* ]]; then
   timeout 270 python3 bench/sampling.py --device cuda --checkpoints ${GPU_CHECKPOINTS:-mnist-linear circles} \
-    --quality 500 2>&1 | tee "$out/sampling.txt"
+    --repeats "${GPU_REPEATS:-7}" --quality 500 2>&1 | tee "$out/sampling.txt"
 fi
 if [[ $parts == *train* ]]; then
   # mnist-cosine's recipe (its card's command), as one process with the two CPU processes' batch of 64.
