@@ -94,8 +94,9 @@ def load_registry(directory: str | os.PathLike[str] | None = None, device: str =
     `directory` defaults to $EXPLORER_CHECKPOINTS or ./checkpoints; `precision` to $EXPLORER_PRECISION
     or "auto" (bfloat16 on a CPU that computes it natively: the fastest path that holds quality,
     see bench/sampling.py). On the CPU a checkpoint runs from its AOTInductor package where
-    `python -m diffusion_core.compiled` built one for this machine, and on a CUDA GPU from CUDA graphs
-    (`compiled`; default: unless $EXPLORER_COMPILED is "0"), else eagerly. Raises if no checkpoint
+    `python -m diffusion_core.compiled` built one for this machine (`compiled`; default: unless
+    $EXPLORER_COMPILED is "0"), else eagerly; on a CUDA GPU from CUDA graphs, unless
+    $EXPLORER_COMPILED is "0". Raises if no checkpoint
     loads. Runs on the torch thread, like every handler (explorer.common.friendly), so that one OS
     thread does all of the app's torch work; the calling thread and threads started later get one
     intra-op thread each (TorchThread.confine_others).
@@ -113,6 +114,8 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
     dev = select_device(device)
     threads = set_threads()
     precision = resolve_precision(precision or os.environ.get("EXPLORER_PRECISION", "auto"), dev)
+    # CUDA graphs need no compiler (nothing to defer, unlike AOTInductor): on unless $EXPLORER_COMPILED is "0".
+    cuda_graphs = os.environ.get("EXPLORER_COMPILED", "1") != "0" and not ZERO_GPU
     loaded, skipped = {}, {}
     for path in discover_checkpoints(directory):
         try:
@@ -120,7 +123,7 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
             ckpt.model = InferenceModel(ckpt.model, precision)
             if use_compiled and dev.type == "cpu":
                 ckpt.model = load_compiled(ckpt, ckpt.model) or ckpt.model
-            elif use_compiled and dev.type == "cuda" and not ZERO_GPU:  # one launch per model call
+            elif dev.type == "cuda" and cuda_graphs:  # one launch per model call
                 ckpt.model = CUDAGraphModel(ckpt.model)
             loaded[ckpt.name] = ckpt
         except CheckpointError as e:

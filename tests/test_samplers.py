@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import diffusers  # the independent reference; pinned in requirements-test.txt, so never skipped
 import pytest
 import torch
@@ -111,14 +113,14 @@ def realistic_inputs(sched, t: int, g: torch.Generator, dtype=torch.float32):
 def test_ddim_update_matches_diffusers_float32(name: str, eta: float, clip: bool) -> None:
     """Same x_t, eps and noise: our update equals DDIMScheduler.step at every (t, t - T//N) of 50 'leading' steps.
 
-    diffusers is given our alpha_bar rounded to float32: its own float32 schedule comes from torch's float32
-    linspace and cumprod, whose last bits vary with the torch build and CPU (torch 2.11 on a Xeon failed 6 of
-    the linear cases against it), and those bits move a clipped or eta > 0 step by more than 1e-5. The
-    schedules themselves are compared in test_schedules.py.
+    x_{t'} agrees to 1e-5. The predicted x_0 agrees to the float32 rounding of its formula, which grows as
+    1 / sqrt(alpha_bar_t) (x0_tolerance): near t = T, x_t - sqrt(1 - ab_t) eps cancels almost to zero, and
+    the last bits depend on the CPU and torch build: on a Xeon with torch 2.11 (bench/gpu.sh's machine)
+    x_0 differed by 2.6e-5 at t = 960 (linear) and 1.6e-5 at t = 980 (cosine), over a flat 1e-5 but an
+    eighth of this bound; on an EPYC with torch 2.13 by under 6e-6.
     """
     sched = make_schedule(name)
     ref = ddim_scheduler(name, "leading", clip)
-    ref.alphas_cumprod = sched.alphas_cumprod.float()
     ref.set_timesteps(50)  # 'leading' spacing: the only one where diffusers' prev_t = t - T//N is right
     g = torch.Generator().manual_seed(0)
     for c in plan_coefficients(sched, timestep_pairs(1000, 50, "leading")):
@@ -126,7 +128,21 @@ def test_ddim_update_matches_diffusers_float32(name: str, eta: float, clip: bool
         ours, x0, _ = ddim_update(c, x, eps, z, eta, clip)
         theirs = ref.step(eps, c.t, x, eta=eta, use_clipped_model_output=True, variance_noise=z)
         torch.testing.assert_close(ours, theirs.prev_sample, atol=TOL, rtol=0)
-        torch.testing.assert_close(x0, theirs.pred_original_sample, atol=TOL, rtol=TOL)
+        err = (x0 - theirs.pred_original_sample).abs()
+        bound = x0_tolerance(x, eps, c.alpha_bar)
+        assert (err <= bound).all(), f"t={c.t}: |x0 diff| {err.max():.2e} over its float32 bound {bound.min():.2e}"
+
+
+def x0_tolerance(x: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """Elementwise float32 error allowance for x_0 = (x - sqrt(1 - ab) eps) / sqrt(ab): 1e-5, plus 4 ulps
+    of |x| + |eps| (the operands of the subtraction) magnified by the division by sqrt(ab)."""
+    return TOL + 4 * torch.finfo(torch.float32).eps * (x.abs() + eps.abs()) / math.sqrt(alpha_bar)
+
+
+def test_x0_tolerance_is_tight_where_the_formula_is_well_conditioned() -> None:
+    x, eps = torch.ones(3), torch.ones(3)
+    assert x0_tolerance(x, eps, 0.9999).max() < 1.2e-5  # small t: barely over the flat 1e-5
+    assert x0_tolerance(x, eps, 4.4e-5).max() > 1e-4  # t = 980, linear: x_t is almost all noise
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
