@@ -96,10 +96,10 @@ def load_registry(directory: str | os.PathLike[str] | None = None, device: str =
     see bench/sampling.py). On the CPU a checkpoint runs from its AOTInductor package where
     `python -m diffusion_core.compiled` built one for this machine (`compiled`; default: unless
     $EXPLORER_COMPILED is "0"), else eagerly; on a CUDA GPU from CUDA graphs, unless
-    $EXPLORER_COMPILED is "0". Raises if no checkpoint
-    loads. Runs on the torch thread, like every handler (explorer.common.friendly), so that one OS
-    thread does all of the app's torch work; the calling thread and threads started later get one
-    intra-op thread each (TorchThread.confine_others).
+    $EXPLORER_COMPILED is "0" or this is a ZeroGPU Space. Raises if no checkpoint loads. Runs on the
+    torch thread, like every handler (explorer.common.friendly), so that one OS thread does all of
+    the app's torch work; the calling thread and threads started later get one intra-op thread each
+    (TorchThread.confine_others).
     """
     if compiled is None:
         compiled = os.environ.get("EXPLORER_COMPILED", "1") != "0"  # "1" or "use": run packages that exist
