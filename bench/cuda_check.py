@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from diffusion_core.checkpoints import load_checkpoint  # noqa: E402
 from diffusion_core.inference import InferenceModel  # noqa: E402
 from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample_progressive  # noqa: E402
+from sampling import sync  # noqa: E402  (bench/sampling.py, beside this script)
 
 # bfloat16 vs float32 from one x_T: 0.002 to 0.047 on the CPU (session 9), most of it a few trajectories
 # that end at another digit; unrelated samples differ by several times that. float32 on another device
@@ -53,16 +54,14 @@ def run(model, ckpt, cfg: SamplerConfig, n: int, digit: int | None, device: torc
     shape = (n, ckpt.model_config.in_channels, ckpt.model_config.image_size, ckpt.model_config.image_size)
     x = initial_noise(shape, g, device)
     y = None if digit is None else torch.full((n,), digit, dtype=torch.long, device=device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     with torch.inference_mode():
         frames = 0
         for step in sample_progressive(model, ckpt.schedule, x, cfg, y, g):
             x = step.x
             frames += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     assert frames == cfg.steps, (frames, cfg.steps)
     return x.float().cpu(), time.perf_counter() - t0
 
@@ -102,8 +101,8 @@ def main() -> int:
             diff, diff32 = (out - cpu).abs(), (f32 - cpu).abs().mean().item()
             bad = not finite or diff.mean().item() > MAX_APP_DIFF or diff32 > MAX_F32_DIFF
             failures += bad
-            print(f"| {name} | {label} | {statistics.median(times):.3f} | {t32:.3f} | {finite} | {diff.mean().item():.4f} / "
-                  f"{diff.max().item():.3f} | {diff32:.5f}{' FAIL' if bad else ''} |")
+            print(f"| {name} | {label} | {statistics.median(times):.3f} | {t32:.3f} | {finite} | "
+                  f"{diff.mean().item():.4f} / {diff.max().item():.3f} | {diff32:.5f}{' FAIL' if bad else ''} |")
     print(f"\n{failures} failure(s)")
     return 1 if failures else 0
 

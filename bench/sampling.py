@@ -54,10 +54,15 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(ts)
 
 
+def matmul_size(device: torch.device) -> int:
+    """n of the n x n x n matmul that measures the peak: 1024 on the CPU, 8192 on a GPU (which a smaller
+    one leaves partly idle)."""
+    return 8192 if device.type == "cuda" else 1024
+
+
 def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int) -> float:
-    """Measured GFLOP/s of an n x n x n matmul: n = 1024 on the CPU, 8192 on a GPU (which a smaller one
-    leaves partly idle)."""
-    n = 8192 if device.type == "cuda" else 1024
+    """Measured GFLOP/s of an n x n x n matmul, n = matmul_size(device)."""
+    n = matmul_size(device)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     dt = median_time(lambda: torch.mm(a, b), repeats, warmup=3)
@@ -165,7 +170,7 @@ def main() -> None:
           f"native bfloat16: {native_bfloat16(device)}")
     peak = {"float32": matmul_peak(torch.float32, device, a.repeats),
             "bfloat16": matmul_peak(torch.bfloat16, device, a.repeats)}
-    print(f"# matmul peak ({8192 if device.type == 'cuda' else 1024}^3): float32 {peak['float32']:.0f} GFLOP/s, "
+    print(f"# matmul peak ({matmul_size(device)}^3): float32 {peak['float32']:.0f} GFLOP/s, "
           f"bfloat16 {peak['bfloat16']:.0f} GFLOP/s\n")
 
     for name in a.checkpoints:

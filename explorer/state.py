@@ -101,21 +101,22 @@ def load_registry(directory: str | os.PathLike[str] | None = None, device: str =
     the app's torch work; the calling thread and threads started later get one intra-op thread each
     (TorchThread.confine_others).
     """
+    allowed = os.environ.get("EXPLORER_COMPILED", "1") != "0"  # "1" or "use": run packages that exist
     if compiled is None:
-        compiled = os.environ.get("EXPLORER_COMPILED", "1") != "0"  # "1" or "use": run packages that exist
-    reg = torch_thread().run(_load_registry, directory, device, precision, compiled)
+        compiled = allowed
+    # CUDA graphs need no compiler (nothing to defer, unlike AOTInductor): on unless $EXPLORER_COMPILED is "0".
+    cuda_graphs = allowed and not ZERO_GPU
+    reg = torch_thread().run(_load_registry, directory, device, precision, compiled, cuda_graphs)
     torch_thread().confine_others()
     return reg
 
 
 def _load_registry(directory: str | os.PathLike[str] | None, device: str, precision: str | None,
-                   use_compiled: bool) -> Registry:
+                   use_compiled: bool, cuda_graphs: bool) -> Registry:
     directory = Path(directory or os.environ.get("EXPLORER_CHECKPOINTS") or DEFAULT_CHECKPOINT_DIR)
     dev = select_device(device)
     threads = set_threads()
     precision = resolve_precision(precision or os.environ.get("EXPLORER_PRECISION", "auto"), dev)
-    # CUDA graphs need no compiler (nothing to defer, unlike AOTInductor): on unless $EXPLORER_COMPILED is "0".
-    cuda_graphs = os.environ.get("EXPLORER_COMPILED", "1") != "0" and not ZERO_GPU
     loaded, skipped = {}, {}
     for path in discover_checkpoints(directory):
         try:
