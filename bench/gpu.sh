@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Every GPU figure and check in one run, for a machine with a CUDA GPU and its own PyTorch:
 #   bash bench/gpu.sh [OUTDIR [PART...]]     (OUTDIR default: bench/results/gpu-<date>;
-#                                             PARTs: tests cuda sampling train, default all;
+#                                             PARTs: tests cuda sampling train sweep, default all
+#                                             but sweep;
 #                                             $GPU_CHECKPOINTS and $GPU_REPEATS narrow sampling)
 # Missing pure-Python packages (diffusers, mlxtend, importlib_metadata) may be put as wheels in .whl/.
 # Writes gpu.txt (the GPU), pytest.txt (the tests whose CUDA cases run only on a GPU, and the
 # diffusers comparisons), cuda_check.txt (the app's CUDA path, bench/cuda_check.py), sampling.txt
-# (bench/sampling.py on the GPU) and train.txt (training speed of mnist-cosine's recipe on one GPU).
+# (bench/sampling.py on the GPU), train.txt (training speed of mnist-cosine's recipe on one GPU) and,
+# for the sweep part, pytest-train.txt (the CUDA-graph training step against the eager one), sweep.txt
+# and sweep/ (bench/sweep.py: the levers' checkpoints, cards and scores).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-bench/results/gpu-$(date +%F)}}
@@ -42,4 +45,15 @@ if [[ $parts == *train* ]]; then
   python3 -c "import json; s = json.load(open('/tmp/gpu-train/run/state.json')); \
 print(f\"{s['step']} steps in {s['elapsed_s']:.1f} s: {s['elapsed_s'] / s['step'] * 1e3:.2f} ms per step\")" \
     2>&1 | tee -a "$out/train.txt"
+fi
+if [[ $parts == *sweep* ]]; then
+  # Training levers side by side (bench/sweep.py), CUDA-graph steps if the graphed step passes its test.
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -rfs tests/test_train.py -k cuda_graph > "$out/pytest-train.txt" 2>&1
+  rc=$?
+  graph=$([[ $rc == 0 ]] || echo --no-graph)
+  tail -3 "$out/pytest-train.txt"
+  timeout "${SWEEP_TIMEOUT_S:-480}" python3 bench/sweep.py --out "$out/sweep" --budget-s "${SWEEP_BUDGET_S:-300}" \
+    --seeds "${SWEEP_SEEDS:-2}" --levers ${SWEEP_LEVERS:-recipe no-min-snr dropout-0.7 dropout-0.7-no-min-snr} $graph \
+    2>&1 | tee "$out/sweep.txt"
+  rm -rf "$out"/sweep/run-* "$out"/sweep/probe/run-*  # the resumable run states: large, not needed here
 fi

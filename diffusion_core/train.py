@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.distributed as dist
@@ -76,6 +76,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads per process (0: available cores / processes)
     device: DeviceName = "auto"  # auto = CUDA, then MPS, then CPU
     amp: Literal["none", "bf16"] = "none"  # bfloat16 autocast for the forward/backward pass
+    cuda_graph: bool = False  # one process on CUDA only: replay the whole step as one CUDA graph (same math, ~10x fewer launches)
     progress: bool = True  # show a tqdm progress bar
 
     def __post_init__(self) -> None:
@@ -140,6 +141,63 @@ def diffusion_loss(
         snr = extract(schedule.snr, t, (len(t),)).reshape(-1)
         mse = mse * snr.clamp(max=gamma) / snr
     return mse.mean()
+
+
+def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], weight: float | torch.Tensor) -> None:
+    """ema <- ema + weight * (params - ema), weight = 1 - decay. A 0-dim device tensor weight stays on the
+    device (nothing read back to Python), so the update can be captured in a CUDA graph."""
+    if torch.is_tensor(weight):
+        torch._foreach_add_(ema, torch._foreach_mul(torch._foreach_sub(params, ema), weight))
+    else:
+        torch._foreach_lerp_(ema, params, weight)
+
+
+class GraphedStep:
+    """A training step `update(x0, t, noise, y, ema_weight) -> loss` captured as one CUDA graph.
+
+    The drawn batch is copied into static device buffers, and the learning rate (AdamW with
+    capturable=True and a tensor lr) and the EMA weight are device scalars refilled before each
+    replay. Capture needs warm-up calls on a side stream; they move the weights, the EMA and the
+    optimizer state, which are put back in place (zeros for state the warm-up created: AdamW's
+    initial state) before capture, so replay s computes eager step s up to kernel choice and
+    summation order.
+    """
+
+    def __init__(self, update: Callable[..., torch.Tensor], opt: torch.optim.Optimizer,
+                 modules: list[torch.nn.Module], batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None],
+                 warmup: int = 3) -> None:
+        device = next(modules[0].parameters()).device
+        self.inputs = [None if b is None else b.to(device).clone() for b in batch]
+        self.ema_weight = torch.zeros((), device=device)
+        self.opt = opt
+        weights = [v for m in modules for v in m.state_dict().values()]
+        saved = [w.clone() for w in weights]
+        state_before = {p: {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                update(*self.inputs, self.ema_weight)
+        torch.cuda.current_stream(device).wait_stream(side)
+        with torch.no_grad():
+            for w, v in zip(weights, saved):
+                w.copy_(v)
+            for p, s in opt.state.items():
+                for k, v in s.items():
+                    v.copy_(state_before[p][k]) if p in state_before else v.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss = update(*self.inputs, self.ema_weight)
+
+    def __call__(self, lr: float, ema_weight: float, *batch: torch.Tensor | None) -> torch.Tensor:
+        for buf, b in zip(self.inputs, batch):
+            if buf is not None:
+                buf.copy_(b)
+        for group in self.opt.param_groups:
+            group["lr"].fill_(lr)
+        self.ema_weight.fill_(ema_weight)
+        self.graph.replay()
+        return self.loss
 
 
 def _hardware(device: torch.device) -> dict[str, Any]:
@@ -249,6 +307,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         rank = dist.get_rank()
+    if cfg.cuda_graph and (device.type != "cuda" or world > 1):
+        raise ValueError(f"--cuda-graph needs one process on a CUDA device, not {world} on {device.type}")
     set_threads(cfg.threads or max(1, available_cores() // world))
 
     mcfg, scfg = cfg.model_config(), cfg.schedule_config()
@@ -258,7 +318,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     model = build_model(mcfg).to(device)
     ema = build_model(mcfg).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # A graphed step reads its learning rate from a device tensor (capturable AdamW keeps its state there too).
+    lr0 = torch.tensor(cfg.lr, device=device) if cfg.cuda_graph else cfg.lr
+    opt = torch.optim.AdamW(model.parameters(), lr=lr0, weight_decay=cfg.weight_decay, capturable=cfg.cuda_graph)
 
     state_dir = cfg.state_dir()
     step, elapsed, loss_log, invocations = 0, 0.0, [], []
@@ -293,7 +355,25 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     bar = tqdm(total=cfg.max_steps, initial=step, disable=rank != 0 or not cfg.progress, dynamic_ncols=True)
     g = torch.Generator()
     window: list[float] = []
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
+    # Autocast's weight-cast cache must be off inside a CUDA graph capture.
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16", cache_enabled=not cfg.cuda_graph)
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+
+    def update(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None,
+               ema_weight: float | torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a drawn batch (device tensors) at the optimizer's current lr; returns the loss."""
+        with amp:
+            loss = diffusion_loss(net, schedule, x0, t, noise, y, cfg.loss_weighting, cfg.min_snr_gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            ema_update(ema_params, params, ema_weight)
+        return loss
+
+    graphed: GraphedStep | None = None
     card: dict[str, Any] = {}
     model.train()
     while step < cfg.max_steps and not (cfg.max_minutes and elapsed >= 60 * cfg.max_minutes):
@@ -302,23 +382,20 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         x0, y = source.batch(cfg.batch_size, g)
         if y is not None and mcfg.conditional:
             drop = torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout
-            y = torch.where(drop, torch.full_like(y, mcfg.null_label), y).to(device)
+            y = torch.where(drop, torch.full_like(y, mcfg.null_label), y)
         else:
             y = None
-        t = torch.randint(0, scfg.num_timesteps, (cfg.batch_size,), generator=g).to(device)
-        noise = torch.randn(x0.shape, generator=g).to(device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        with amp:
-            loss = diffusion_loss(net, schedule, x0.to(device), t, noise, y, cfg.loss_weighting, cfg.min_snr_gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short EMA at first (improved-diffusion's warm-up)
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+        t = torch.randint(0, scfg.num_timesteps, (cfg.batch_size,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        lr = lr_at(cfg, step)
+        ema_weight = 1.0 - min(cfg.ema_decay, (1 + step) / (10 + step))  # short EMA at first (improved-diffusion's warm-up)
+        if cfg.cuda_graph:
+            graphed = graphed or GraphedStep(update, opt, [model, ema], (x0, t, noise, y))
+            loss = graphed(lr, ema_weight, x0, t, noise, y)
+        else:
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = update(x0.to(device), t.to(device), noise.to(device), None if y is None else y.to(device), ema_weight)
         step += 1
         elapsed += time.perf_counter() - t0
         window.append(loss.item())

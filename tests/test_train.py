@@ -17,7 +17,7 @@ from diffusion_core.checkpoints import load_checkpoint
 from diffusion_core.data import make_circles
 from diffusion_core.model import build_model, preset
 from diffusion_core.schedules import make_schedule
-from diffusion_core.train import TrainConfig, diffusion_loss, lr_at, main
+from diffusion_core.train import TrainConfig, diffusion_loss, ema_update, lr_at, main
 
 TINY = ["--dataset", "circles", "--model", "lesson", "--base-channels", "8", "--batch-size", "4", "--no-progress",
         "--log-every", "1", "--lr-decay", "none", "--warmup-steps", "2"]
@@ -60,6 +60,49 @@ def test_learning_rate_schedule() -> None:
     assert lr_at(cfg, 9) == pytest.approx(1e-3)
     assert lr_at(cfg, 60) == pytest.approx(0.55e-3)
     assert lr_at(cfg, 110) == pytest.approx(1e-4)
+
+
+def test_ema_update_with_a_device_scalar_weight_is_the_lerp() -> None:
+    """The CUDA-graph step's EMA (weight a 0-dim tensor, nothing read back) matches the eager lerp."""
+    g = torch.Generator().manual_seed(0)
+    ema, params = [torch.randn(3, 4, generator=g), torch.randn(5, generator=g)], [torch.randn(3, 4, generator=g), torch.randn(5, generator=g)]
+    a, b = [e.clone() for e in ema], [e.clone() for e in ema]
+    ema_update(a, params, 0.05)
+    ema_update(b, params, torch.tensor(0.05))
+    for x, y, e, p in zip(a, b, ema, params):
+        torch.testing.assert_close(x, e + 0.05 * (p - e))
+        torch.testing.assert_close(y, x)
+
+
+def test_cuda_graph_is_refused_off_cuda(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--cuda-graph needs one process on a CUDA device, not 1 on cpu"):
+        main([*TINY, "--device", "cpu", "--cuda-graph", "--max-steps", "1", "--out", str(tmp_path / "g")])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("resume_at", "amp"), [(0, "bf16"), (3, "none")])
+def test_cuda_graph_step_trains_as_the_eager_step(tmp_path: Path, resume_at: int, amp: str) -> None:
+    """The graphed run (from scratch, or resumed from an eager run's state) ends at the eager run's weights."""
+    run = [*TINY, "--dataset", "mnist", "--device", "cuda", "--max-steps", "8", "--checkpoint-every", "100",
+           "--ema-decay", "0.9", "--amp", amp]  # warm-up: the lr changes over the first 2 steps
+    tol = dict(rtol=2e-2, atol=1e-3) if amp == "bf16" else dict(rtol=1e-3, atol=1e-4)
+    main([*run, "--out", str(tmp_path / "eager"), "--run-dir", str(tmp_path / "run-eager")])
+    if resume_at:
+        main([*run, "--max-steps", str(resume_at), "--out", str(tmp_path / "graph"), "--run-dir", str(tmp_path / "run-graph")])
+    main([*run, "--cuda-graph", "--out", str(tmp_path / "graph"), "--run-dir", str(tmp_path / "run-graph")])
+    eager, graph = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("eager", "graph"))
+    assert graph["steps"] == 8 and graph["train_config"]["cuda_graph"]
+    assert [e["loss"] for e in graph["loss_log"]] == pytest.approx([e["loss"] for e in eager["loss_log"]],
+                                                                   rel=tol["rtol"], abs=tol["atol"])
+    a, b = load_file(str(tmp_path / "eager.safetensors")), load_file(str(tmp_path / "graph.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], **tol)
+    # the run state (raw weights, EMA, optimizer) too: a graphed run resumes like an eager one
+    sa, sb = load_file(str(tmp_path / "run-eager" / "state.safetensors")), load_file(str(tmp_path / "run-graph" / "state.safetensors"))
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sb[k].float(), sa[k].float(), **tol)
 
 
 def _run(tmp: Path, name: str, steps: int, every: int) -> dict:
