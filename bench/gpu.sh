@@ -9,7 +9,7 @@
 # diffusers comparisons), cuda_check.txt (the app's CUDA path, bench/cuda_check.py), sampling.txt
 # (bench/sampling.py on the GPU), train.txt (training speed of mnist-cosine's recipe on one GPU) and,
 # for the sweep part, pytest-train.txt (the CUDA-graph training step against the eager one), sweep.txt
-# and sweep/ (bench/sweep.py: the levers' checkpoints, cards and scores).
+# and sweep.tgz (bench/sweep.py's directory: the levers' checkpoints, cards and scores).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-bench/results/gpu-$(date +%F)}}
@@ -55,5 +55,6 @@ if [[ $parts == *sweep* ]]; then
   timeout "${SWEEP_TIMEOUT_S:-480}" python3 bench/sweep.py --out "$out/sweep" --budget-s "${SWEEP_BUDGET_S:-300}" \
     --seeds "${SWEEP_SEEDS:-2}" --levers ${SWEEP_LEVERS:-recipe no-min-snr dropout-0.7 dropout-0.7-no-min-snr} $graph \
     2>&1 | tee "$out/sweep.txt"
-  rm -rf "$out"/sweep/run-* "$out"/sweep/probe/run-*  # the resumable run states: large, not needed here
+  # One archive of the cards, checkpoints and scores (a result comes back as few files); run states left out.
+  tar czf "$out/sweep.tgz" -C "$out" --exclude 'run-*' sweep && rm -rf "$out/sweep"
 fi

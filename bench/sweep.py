@@ -51,7 +51,8 @@ def train_cmd(name: str, out: Path, steps: int, a: argparse.Namespace) -> list[s
 
 def launch(cmds: dict[str, list[str]], logdir: Path) -> dict[str, int]:
     """Run the commands side by side; returns each one's exit status."""
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     procs = {n: subprocess.Popen(c, cwd=ROOT, env=env, stdout=open(logdir / f"{n}.log", "w"), stderr=subprocess.STDOUT)
              for n, c in cmds.items()}
     return {n: p.wait() for n, p in procs.items()}

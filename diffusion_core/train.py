@@ -396,9 +396,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = update(x0.to(device), t.to(device), noise.to(device), None if y is None else y.to(device), ema_weight)
+        window.append(loss.item())  # before the clock: on a GPU this waits for the step to finish
         step += 1
         elapsed += time.perf_counter() - t0
-        window.append(loss.item())
         if step % cfg.log_every == 0:
             loss_log.append({"step": step, "loss": round(sum(window) / len(window), 5), "wall_s": round(elapsed, 1)})
             bar.set_postfix(loss=f"{loss_log[-1]['loss']:.4f}")
