@@ -1,21 +1,23 @@
-"""Training levers side by side on one GPU: `python bench/sweep.py --out DIR [--budget-s S] [--levers NAME ...]`.
+"""Training levers compared on one GPU: `python bench/sweep.py --out DIR [--budget-s S] [--levers NAME ...]`.
 
 Every run is `mnist-cosine`'s recipe (the command in its card) as one process with the two CPU
 processes' batch of 64 (`--batch-size 64`), its step replayed as a CUDA graph (`--cuda-graph`),
-plus one lever. The runs train at the same time, then each scores its EMA checkpoint as the
-issue measures it: unconditional DDIM-50 (eta 0, 1,000 samples, several seeds: FD and its real
-floor, confident share, coverage) and guided DDIM-50 (w = 2, every digit in turn: label accuracy).
+plus one lever. The runs train one after another (four side by side on one H100 took 414 s for
+12,000 steps each, more than four in turn: the GPU time-slices between processes), then each
+scores its EMA checkpoint as the issue measures it, the scorers side by side: unconditional
+DDIM-50 (eta 0, 1,000 samples, several seeds: FD and its real floor, confident share, coverage)
+and guided DDIM-50 (w = 2, every digit in turn: label accuracy).
 
-With --budget-s, a probe first trains every run for a few hundred steps side by side, and the
-step count is cut so that the runs, at the probe's per-step time, finish within the budget: a
-shorter horizon than the recipe's 30,000 steps, the same for every lever, learning-rate decay
-included. Prints one table; writes DIR/NAME.json (card), DIR/NAME.result.json (scores) per run and
-DIR/sweep.md.
+With --budget-s, a probe first times a few hundred steps, and the step count is cut so that the
+runs finish within the budget: a shorter horizon than the recipe's 30,000 steps, the same for
+every lever, learning-rate decay included. Prints one table; writes DIR/NAME.json (card),
+DIR/NAME.result.json (scores) per run and DIR/sweep.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -49,13 +51,18 @@ def train_cmd(name: str, out: Path, steps: int, a: argparse.Namespace) -> list[s
             "--run-dir", str(out / f"run-{name}")]
 
 
-def launch(cmds: dict[str, list[str]], logdir: Path) -> dict[str, int]:
-    """Run the commands side by side; returns each one's exit status."""
+def launch(cmds: dict[str, list[str]], logdir: Path, side_by_side: bool) -> dict[str, int]:
+    """Run the commands, side by side or one after another; returns each one's exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    procs = {n: subprocess.Popen(c, cwd=ROOT, env=env, stdout=open(logdir / f"{n}.log", "w"), stderr=subprocess.STDOUT)
-             for n, c in cmds.items()}
-    return {n: p.wait() for n, p in procs.items()}
+    procs = {}
+    with contextlib.ExitStack() as logs:
+        for n, c in cmds.items():
+            log = logs.enter_context(open(logdir / f"{n}.log", "w"))
+            procs[n] = subprocess.Popen(c, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            if not side_by_side:
+                procs[n].wait()
+        return {n: p.wait() for n, p in procs.items()}
 
 
 def ms_per_step(run_dir: Path) -> float:
@@ -82,7 +89,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/sweep"))
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
     p.add_argument("--steps", type=int, default=30000, help="the recipe's horizon; --budget-s may cut it")
-    p.add_argument("--budget-s", type=float, default=0.0, help="wall-clock budget of the training (0: none)")
+    p.add_argument("--budget-s", type=float, default=0.0, help="wall-clock budget of all the training (0: none)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--num", type=int, default=1000, help="samples per score")
     p.add_argument("--device", default="cuda", help="cuda (cpu only to check the script)")
@@ -98,21 +105,22 @@ def main() -> None:
     if a.budget_s:
         probe = a.out / "probe"
         probe.mkdir(exist_ok=True)
-        status = launch({n: train_cmd(n, probe, 400, a) for n in a.levers}, probe)
+        first = a.levers[0]
+        status = launch({first: train_cmd(first, probe, 400, a)}, probe, side_by_side=False)
         if any(status.values()):
-            sys.exit(f"probe failed: {status}; logs in {probe}")
-        ms = max(ms_per_step(probe / f"run-{n}") for n in a.levers)
-        steps = min(a.steps, max(1000, int(a.budget_s / (ms / 1e3) // 1000 * 1000)))
-        print(f"probe: {len(a.levers)} runs side by side, {ms:.2f} ms per step (slowest) -> {steps} steps", flush=True)
+            sys.exit(f"probe failed: {status}; log in {probe}")
+        ms = ms_per_step(probe / f"run-{first}")
+        steps = min(a.steps, max(1000, int(a.budget_s / len(a.levers) / (ms / 1e3) // 1000 * 1000)))
+        print(f"probe: {ms:.2f} ms per step -> {steps} steps for each of {len(a.levers)} runs", flush=True)
     t0 = time.perf_counter()
-    status = launch({n: train_cmd(n, a.out, steps, a) for n in a.levers}, a.out)
+    status = launch({n: train_cmd(n, a.out, steps, a) for n in a.levers}, a.out, side_by_side=False)
     print(f"trained {len(a.levers)} runs in {time.perf_counter() - t0:.0f} s: {status}", flush=True)
     trained = [n for n in a.levers if status[n] == 0]
     t0 = time.perf_counter()
     score_cmds = {f"score-{n}": [sys.executable, str(Path(__file__).resolve()), "--out", str(a.out), "--score-only",
                                  "--levers", n, "--seeds", str(a.seeds), "--num", str(a.num), "--device", a.device]
                   for n in trained}
-    status = launch(score_cmds, a.out)
+    status = launch(score_cmds, a.out, side_by_side=True)
     print(f"scored {len(trained)} runs in {time.perf_counter() - t0:.0f} s: {status}", flush=True)
     results = [json.loads((a.out / f"{n}.result.json").read_text()) for n in trained
                if (a.out / f"{n}.result.json").is_file()]

@@ -85,7 +85,7 @@ def test_cuda_graph_step_trains_as_the_eager_step(tmp_path: Path, resume_at: int
     """The graphed run (from scratch, or resumed from an eager run's state) ends at the eager run's weights."""
     run = [*TINY, "--dataset", "mnist", "--device", "cuda", "--max-steps", "8", "--checkpoint-every", "100",
            "--ema-decay", "0.9", "--amp", amp]  # warm-up: the lr changes over the first 2 steps
-    tol = dict(rtol=3e-2, atol=3e-2) if amp == "bf16" else dict(rtol=1e-3, atol=1e-3)
+    tol = {"rtol": 3e-2, "atol": 3e-2} if amp == "bf16" else {"rtol": 1e-3, "atol": 1e-3}
     main([*run, "--out", str(tmp_path / "eager"), "--run-dir", str(tmp_path / "run-eager")])
     if resume_at:
         main([*run, "--max-steps", str(resume_at), "--out", str(tmp_path / "graph"), "--run-dir", str(tmp_path / "run-graph")])
