@@ -47,19 +47,23 @@ KEYS = ("fd", "fd_real_floor", "confident", "coverage")
 def train_cmd(name: str, out: Path, steps: int, a: argparse.Namespace) -> list[str]:
     graph = a.graph and a.device == "cuda"
     return [sys.executable, "-m", "diffusion_core.train", *RECIPE, *LEVERS[name], "--max-steps", str(steps),
-            "--device", a.device, *(["--cuda-graph"] if graph else []), "--out", str(out / name),
+            "--device", a.device, *(["--cuda-graph"] if graph else []), "--no-resume", "--out", str(out / name),
             "--run-dir", str(out / f"run-{name}")]
 
 
 def launch(cmds: dict[str, list[str]], logdir: Path, side_by_side: bool) -> dict[str, int]:
-    """Run the commands, side by side or one after another; returns each one's exit status."""
-    env = {**os.environ, "OMP_NUM_THREADS": "2",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    """Run the commands, side by side (each on its own share of the CPU cores) or one after another;
+    returns each one's exit status."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // len(cmds)) if side_by_side else len(cores)
     procs = {}
     with contextlib.ExitStack() as logs:
-        for n, c in cmds.items():
+        for i, (n, c) in enumerate(cmds.items()):
+            mine = set(cores[i * share % len(cores):][:share]) if side_by_side else set(cores)
             log = logs.enter_context(open(logdir / f"{n}.log", "w"))
-            procs[n] = subprocess.Popen(c, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            procs[n] = subprocess.Popen(c, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        preexec_fn=lambda mine=mine: os.sched_setaffinity(0, mine))  # noqa: PLW1509 - no threads here
             if not side_by_side:
                 procs[n].wait()
         return {n: p.wait() for n, p in procs.items()}
@@ -89,7 +93,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/sweep"))
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
     p.add_argument("--steps", type=int, default=30000, help="the recipe's horizon; --budget-s may cut it")
-    p.add_argument("--budget-s", type=float, default=0.0, help="wall-clock budget of all the training (0: none)")
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="wall-clock budget of all the training, the probe left out (0: none)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--num", type=int, default=1000, help="samples per score")
     p.add_argument("--device", default="cuda", help="cuda (cpu only to check the script)")
@@ -103,15 +108,20 @@ def main() -> None:
         return
     steps = a.steps
     if a.budget_s:
-        probe = a.out / "probe"
+        # Time a short run: the per-step time, and what a run costs besides its steps (start-up,
+        # capture, saving), which the step count must leave room for.
+        probe, first, probe_steps = a.out / "probe", a.levers[0], 600
         probe.mkdir(exist_ok=True)
-        first = a.levers[0]
-        status = launch({first: train_cmd(first, probe, 400, a)}, probe, side_by_side=False)
+        t0 = time.perf_counter()
+        status = launch({first: train_cmd(first, probe, probe_steps, a)}, probe, side_by_side=False)
         if any(status.values()):
             sys.exit(f"probe failed: {status}; log in {probe}")
         ms = ms_per_step(probe / f"run-{first}")
-        steps = min(a.steps, max(1000, int(a.budget_s / len(a.levers) / (ms / 1e3) // 1000 * 1000)))
-        print(f"probe: {ms:.2f} ms per step -> {steps} steps for each of {len(a.levers)} runs", flush=True)
+        overhead = max(0.0, time.perf_counter() - t0 - probe_steps * ms / 1e3)
+        per_run = a.budget_s / len(a.levers) - overhead
+        steps = min(a.steps, max(1000, int(per_run / (ms / 1e3) // 1000 * 1000)))
+        print(f"probe: {ms:.2f} ms per step, {overhead:.0f} s per run besides its steps -> {steps} steps for each "
+              f"of {len(a.levers)} runs", flush=True)
     t0 = time.perf_counter()
     status = launch({n: train_cmd(n, a.out, steps, a) for n in a.levers}, a.out, side_by_side=False)
     print(f"trained {len(a.levers)} runs in {time.perf_counter() - t0:.0f} s: {status}", flush=True)

@@ -170,7 +170,6 @@ class GraphedStep:
         device = next(modules[0].parameters()).device
         self.inputs = [None if b is None else b.to(device).clone() for b in batch]
         self.ema_weight = torch.zeros((), device=device)
-        self.opt = opt
         weights = [v for m in modules for v in m.state_dict().values()]
         saved = [w.clone() for w in weights]
         state_before = {p: {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
@@ -189,13 +188,14 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.loss = update(*self.inputs, self.ema_weight)
+        self.lrs = [group["lr"] for group in opt.param_groups]  # the tensors the graph reads
 
     def __call__(self, lr: float, ema_weight: float, *batch: torch.Tensor | None) -> torch.Tensor:
         for buf, b in zip(self.inputs, batch):
             if buf is not None:
                 buf.copy_(b)
-        for group in self.opt.param_groups:
-            group["lr"].fill_(lr)
+        for lr_tensor in self.lrs:
+            lr_tensor.fill_(lr)
         self.ema_weight.fill_(ema_weight)
         self.graph.replay()
         return self.loss
@@ -301,6 +301,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = select_device(cfg.device)
+    if cfg.cuda_graph and (device.type != "cuda" or world > 1):
+        raise ValueError(f"--cuda-graph needs one process on a CUDA device, not {world} on {device.type}")
     rank = 0
     if world > 1:
         if device.type == "cuda":
@@ -308,8 +310,6 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         rank = dist.get_rank()
-    if cfg.cuda_graph and (device.type != "cuda" or world > 1):
-        raise ValueError(f"--cuda-graph needs one process on a CUDA device, not {world} on {device.type}")
     set_threads(cfg.threads or max(1, available_cores() // world))
 
     mcfg, scfg = cfg.model_config(), cfg.schedule_config()
