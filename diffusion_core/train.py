@@ -169,7 +169,7 @@ class GraphedStep:
                  modules: list[torch.nn.Module], batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None],
                  warmup: int = 3) -> None:
         device = next(modules[0].parameters()).device
-        self.inputs = [None if b is None else b.to(device).clone() for b in batch]
+        self.inputs = [None if b is None else b.to(device, copy=True) for b in batch]  # static buffers
         self.ema_weight = torch.zeros((), device=device)
         weights = [v for m in modules for v in m.state_dict().values()]
         saved = [w.clone() for w in weights]
