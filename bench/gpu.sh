@@ -3,7 +3,8 @@
 #   bash bench/gpu.sh [OUTDIR [PART...]]     (OUTDIR default: bench/results/gpu-<date>;
 #                                             PARTs: tests cuda sampling train sweep, default all
 #                                             but sweep;
-#                                             $GPU_CHECKPOINTS and $GPU_REPEATS narrow sampling)
+#                                             $GPU_CHECKPOINTS and $GPU_REPEATS narrow sampling;
+#                                             $SWEEP_* set the sweep, see its part below)
 # Missing pure-Python packages (diffusers, mlxtend, importlib_metadata) may be put as wheels in .whl/.
 # Writes gpu.txt (the GPU), pytest.txt (the tests whose CUDA cases run only on a GPU, and the
 # diffusers comparisons), cuda_check.txt (the app's CUDA path, bench/cuda_check.py), sampling.txt
@@ -53,7 +54,7 @@ if [[ $parts == *sweep* ]]; then
   graph=$([[ $rc == 0 ]] || echo --no-graph)
   tail -3 "$out/pytest-train.txt"
   timeout "${SWEEP_TIMEOUT_S:-480}" python3 bench/sweep.py --out "$out/sweep" --budget-s "${SWEEP_BUDGET_S:-300}" \
-    --seeds "${SWEEP_SEEDS:-2}" --levers ${SWEEP_LEVERS:-recipe no-min-snr dropout-0.7 dropout-0.7-no-min-snr} $graph \
+    --seeds "${SWEEP_SEEDS:-2}" $([[ ${SWEEP_SCORE:-1} == 0 ]] && echo --no-score) --levers ${SWEEP_LEVERS:-recipe no-min-snr dropout-0.7 dropout-0.7-no-min-snr} $graph \
     2>&1 | tee "$out/sweep.txt"
   # One archive of the cards, checkpoints and scores (a result comes back as few files); run states left out.
   tar czf "$out/sweep.tgz" -C "$out" --exclude 'run-*' sweep && rm -rf "$out/sweep"

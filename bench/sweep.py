@@ -40,6 +40,7 @@ LEVERS: dict[str, list[str]] = {
     "lr-1e-3": ["--lr", "1e-3"],
     "lr-4e-3": ["--lr", "4e-3"],
     "min-snr-1": ["--min-snr-gamma", "1"],
+    "res-blocks-2": ["--num-res-blocks", "2"],
 }
 KEYS = ("fd", "fd_real_floor", "confident", "coverage")
 
@@ -100,6 +101,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda", help="cuda (cpu only to check the script)")
     p.add_argument("--no-graph", dest="graph", action="store_false", help="eager steps instead of CUDA graphs")
     p.add_argument("--score-only", action="store_true", help="score the runs already in --out")
+    p.add_argument("--no-score", dest="score", action="store_false",
+                   help="train only (score elsewhere: --score-only --device cpu)")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     if a.score_only:
@@ -126,6 +129,8 @@ def main() -> None:
     status = launch({n: train_cmd(n, a.out, steps, a) for n in a.levers}, a.out, side_by_side=False)
     print(f"trained {len(a.levers)} runs in {time.perf_counter() - t0:.0f} s: {status}", flush=True)
     trained = [n for n in a.levers if status[n] == 0]
+    if not a.score:
+        return
     t0 = time.perf_counter()
     score_cmds = {f"score-{n}": [sys.executable, str(Path(__file__).resolve()), "--out", str(a.out), "--score-only",
                                  "--levers", n, "--seeds", str(a.seeds), "--num", str(a.num), "--device", a.device]
