@@ -17,7 +17,8 @@ from diffusion_core.checkpoints import load_checkpoint
 from diffusion_core.data import make_circles
 from diffusion_core.model import build_model, preset
 from diffusion_core.schedules import make_schedule
-from diffusion_core.train import TrainConfig, diffusion_loss, ema_update, lr_at, main, state_part
+from diffusion_core import train as train_module
+from diffusion_core.train import TrainConfig, diffusion_loss, ema_update, lr_at, main, resolve_amp, state_part
 
 TINY = ["--dataset", "circles", "--model", "lesson", "--base-channels", "8", "--batch-size", "4", "--no-progress",
         "--log-every", "1", "--lr-decay", "none", "--warmup-steps", "2"]
@@ -139,6 +140,28 @@ def test_resume_continues_from_the_saved_step(tmp_path: Path) -> None:
     ck = load_checkpoint(tmp_path / "a")
     assert ck.card["command"].startswith("python -m diffusion_core.train --dataset circles")
     assert {"python", "torch"} <= set(ck.card["versions"]) and ck.card["hardware"]["cores"] >= 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_takes_bfloat16_only_where_the_cpu_computes_it(monkeypatch, recwarn, native: bool) -> None:
+    monkeypatch.setattr(train_module, "native_bfloat16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is native
+    assert resolve_amp("none", cpu) is False
+    assert not recwarn.list
+    if native:
+        assert resolve_amp("bf16", cpu) is True and not recwarn.list
+    else:  # asked for explicitly, it is kept, with a warning that it is emulated here
+        with pytest.warns(UserWarning, match="bfloat16 is emulated"):
+            assert resolve_amp("bf16", cpu) is True
+
+
+def test_a_run_records_the_autocast_it_used(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(train_module, "native_bfloat16", lambda device: False)
+    main([*TINY, "--amp", "auto", "--max-steps", "1", "--out", str(tmp_path / "a")])
+    card = json.loads((tmp_path / "a.json").read_text())
+    assert card["train_config"]["amp"] == "auto" and card["invocations"][-1]["autocast"] == "none"
+    assert card["hardware"]["native_bfloat16"] is False
 
 
 def test_resume_refuses_a_different_model(tmp_path: Path) -> None:
