@@ -77,12 +77,21 @@ def model_gflop(model: torch.nn.Module, cfg) -> float:
 
 
 def paths(model: torch.nn.Module, device: torch.device) -> dict[str, InferenceModel]:
-    """Every execution path; each but plain float32 works on its own copy of the weights."""
-    return {"float32": InferenceModel(model, "float32"),
-            "float32 channels-last": InferenceModel(model, "float32", channels_last=True),
-            "bfloat16 autocast": InferenceModel(model, "bfloat16", autocast=True),
-            "bfloat16 weights": InferenceModel(model, "bfloat16"),
-            "bfloat16 weights channels-last": InferenceModel(model, "bfloat16", channels_last=True)}
+    """Every execution path; each but plain float32 works on its own copy of the weights. No bfloat16 ones
+    on a CPU that emulates bfloat16 (no AVX-512 BF16 or AMX): there they are many times slower, and the
+    app's `auto` never takes them."""
+    ps = {"float32": InferenceModel(model, "float32"),
+          "float32 channels-last": InferenceModel(model, "float32", channels_last=True)}
+    if bfloat16_paths(device):
+        ps |= {"bfloat16 autocast": InferenceModel(model, "bfloat16", autocast=True),
+               "bfloat16 weights": InferenceModel(model, "bfloat16"),
+               "bfloat16 weights channels-last": InferenceModel(model, "bfloat16", channels_last=True)}
+    return ps
+
+
+def bfloat16_paths(device: torch.device) -> bool:
+    """Are bfloat16 paths worth timing here: on a GPU, or on a CPU that computes bfloat16 natively."""
+    return device.type != "cpu" or native_bfloat16(device)
 
 
 class Zero(torch.nn.Module):
@@ -172,6 +181,10 @@ def main() -> None:
             "bfloat16": matmul_peak(torch.bfloat16, device, a.repeats)}
     print(f"# matmul peak ({matmul_size(device)}^3): float32 {peak['float32']:.0f} GFLOP/s, "
           f"bfloat16 {peak['bfloat16']:.0f} GFLOP/s\n")
+    precisions = ("float32", "bfloat16") if bfloat16_paths(device) else ("float32",)
+    if len(precisions) == 1:
+        print(f"# this CPU emulates bfloat16 (its matmul at {peak['bfloat16']:.1f} GFLOP/s): float32 paths only, "
+              "as the app's `auto` takes here\n")
 
     for name in a.checkpoints:
         ckpt = load_checkpoint(ROOT / "checkpoints" / name, device)
@@ -187,7 +200,7 @@ def main() -> None:
             for k in ("float32", "bfloat16 weights"):
                 ps[f"{k}, CUDA graphs"] = CUDAGraphModel(ps[k])
         if device.type == "cpu":  # AOTInductor packages, as `python -m diffusion_core.compiled` builds them
-            for prec in ("float32", "bfloat16"):
+            for prec in precisions:
                 eager = ps["bfloat16 weights" if prec == "bfloat16" else "float32"]
                 t0 = time.perf_counter()
                 compile_package(eager, package_path(ckpt, prec))
@@ -250,10 +263,10 @@ def main() -> None:
             print("\n| quality, DDIM-50, n = %d | fd | fd_real_floor | confident | coverage |" % a.quality)
             print("|---|---|---|---|---|")
             default = EvalArgs.batch_size
-            runs = [(prec, False, seed, default) for prec in ("float32", "bfloat16") for seed in (0, 1)]
+            runs = [(prec, False, seed, default) for prec in precisions for seed in (0, 1)]
             # A package runs at most 64 images per call, so the compiled rows sample in batches of 64, and so
             # do eager rows beside them: the batch size decides which x_T are drawn (seed + batch index).
-            runs += [("bfloat16", c, seed, 64) for seed in (0, 1) for c in (False, True)] if compile_s else []
+            runs += [(precisions[-1], c, seed, 64) for seed in (0, 1) for c in (False, True)] if compile_s else []
             for prec, compiled, seed, batch in runs:
                 r = evaluate(EvalArgs(checkpoint=str(ROOT / "checkpoints" / name), num=a.quality, seed=seed,
                                       precision=prec, device=a.device, compiled=compiled, batch_size=batch))

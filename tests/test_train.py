@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
+from diffusion_core import train as train_module
 from diffusion_core.checkpoints import load_checkpoint
 from diffusion_core.data import make_circles
 from diffusion_core.model import build_model, preset
 from diffusion_core.schedules import make_schedule
-from diffusion_core import train as train_module
 from diffusion_core.train import TrainConfig, diffusion_loss, ema_update, lr_at, main, resolve_amp, state_part
 
 TINY = ["--dataset", "circles", "--model", "lesson", "--base-channels", "8", "--batch-size", "4", "--no-progress",
@@ -156,12 +156,13 @@ def test_amp_auto_takes_bfloat16_only_where_the_cpu_computes_it(monkeypatch, rec
             assert resolve_amp("bf16", cpu) is True
 
 
-def test_a_run_records_the_autocast_it_used(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(train_module, "native_bfloat16", lambda device: False)
+@pytest.mark.parametrize("native", [True, False])
+def test_a_run_records_the_autocast_it_used(tmp_path: Path, monkeypatch, native: bool) -> None:
+    monkeypatch.setattr(train_module, "native_bfloat16", lambda device: native)
     main([*TINY, "--amp", "auto", "--max-steps", "1", "--out", str(tmp_path / "a")])
     card = json.loads((tmp_path / "a.json").read_text())
-    assert card["train_config"]["amp"] == "auto" and card["invocations"][-1]["autocast"] == "none"
-    assert card["hardware"]["native_bfloat16"] is False
+    assert card["train_config"]["amp"] == "auto" and card["invocations"][-1]["autocast"] == ("bf16" if native else "none")
+    assert card["hardware"]["native_bfloat16"] is native
 
 
 def test_resume_refuses_a_different_model(tmp_path: Path) -> None:
