@@ -4,9 +4,10 @@
 
 Every candidate takes a 28x28 MNIST digit and a label (10 classes + null), and is built with
 random weights (speed does not depend on them). For each it prints parameters, GFLOP per image
-step, one sampling call in bfloat16 at batch 1, 4 and 16 (eager, and an AOTInductor package built
+step, one sampling call at batch 1, 4 and 16 in the app's precision (bfloat16 on a CPU that computes
+it natively, else float32; eager, and an AOTInductor package built
 for 2 threads as the app runs it), the ratio to the FLOP bound at batch 16, and one training step
-as the DDP recipe runs it per process (1 thread, batch 32, bfloat16 autocast, min-SNR loss, AdamW).
+as the DDP recipe runs it per process (1 thread, batch 32, `--amp auto`'s autocast, min-SNR loss, AdamW).
 Candidates:
 - `fast`: the shipped checkpoints' net (widths 16/32/64 at 28/14/7, attention at 7x7).
 - `p2 A/B`: `patch_size=2` (pixel-unshuffle 28x28x1 -> 14x14x4 first, pixel-shuffle back last), a
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion_core.compiled import CompiledModel, compile_package  # noqa: E402
-from diffusion_core.inference import InferenceModel  # noqa: E402
+from diffusion_core.inference import InferenceModel, native_bfloat16, resolve_precision  # noqa: E402
 from diffusion_core.model import ModelConfig, UNet, count_parameters  # noqa: E402
 from diffusion_core.runtime import set_threads  # noqa: E402
 from diffusion_core.schedules import make_schedule  # noqa: E402
@@ -74,7 +75,7 @@ def train_step_fn(model: nn.Module, batch: int = 32):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     schedule = make_schedule("linear", 1000)
     g = torch.Generator().manual_seed(0)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bfloat16(torch.device("cpu")))
 
     def step() -> None:
         x0 = torch.rand(batch, 1, 28, 28, generator=g) * 2 - 1
@@ -105,18 +106,19 @@ def main() -> None:
     a = p.parse_args()
     cands = {k: randomize(m) for k, m in candidates().items()}
     set_threads(2)
-    peak = matmul_peak(torch.bfloat16, torch.device("cpu"), repeats=10)
-    print(f"# 2 threads, torch {torch.__version__}, bfloat16 matmul peak (1024^3) {peak:.0f} GFLOP/s")
+    prec = resolve_precision("auto", torch.device("cpu"))  # what the app samples in here
+    peak = matmul_peak(getattr(torch, prec), torch.device("cpu"), repeats=10)
+    print(f"# 2 threads, torch {torch.__version__}, {prec} matmul peak (1024^3) {peak:.0f} GFLOP/s")
     flops = {k: model_gflop(m, m.cfg) for k, m in cands.items()}
-    paths: dict[str, dict[str, nn.Module]] = {"bfloat16 eager": {k: InferenceModel(m, "bfloat16") for k, m in cands.items()}}
+    paths: dict[str, dict[str, nn.Module]] = {f"{prec} eager": {k: InferenceModel(m, prec) for k, m in cands.items()}}
     if not a.no_compile:
         cache = Path(tempfile.mkdtemp(prefix="bench-arch-"))
-        paths["bfloat16 AOTInductor"] = {}
-        for k, m in paths["bfloat16 eager"].items():
+        paths[f"{prec} AOTInductor"] = {}
+        for k, m in paths[f"{prec} eager"].items():
             path = cache / f"{k.replace(' ', '_').replace('/', '-').replace(',', '')}.pt2"
             t0 = time.perf_counter()
             compile_package(m, path, 2)
-            paths["bfloat16 AOTInductor"][k] = CompiledModel(torch._inductor.aoti_load_package(str(path)), m, path)
+            paths[f"{prec} AOTInductor"][k] = CompiledModel(torch._inductor.aoti_load_package(str(path)), m, path)
             print(f"# compiled {k} in {time.perf_counter() - t0:.1f} s")
 
     g = torch.Generator().manual_seed(0)

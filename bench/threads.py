@@ -3,10 +3,11 @@ whether a Python thread beside the sampler (a server's event loop, a polling cli
 
     python bench/threads.py [--checkpoint mnist-linear] [--repeats 15]
 
-Builds bfloat16 packages for 1 and 2 threads in a fresh folder (about 30 s each), then prints:
+Builds packages in the app's precision (bfloat16 where the CPU computes it natively, else float32)
+for 1 and 2 threads in a fresh folder (about 30 s each), then prints:
 - one call per path at batch 1, 2, 4, 8 and 16, the paths taking turns: the package built for
   2 threads, the one built for 1 thread (run on 1 thread), the batch split in two halves run by
-  two OS threads on the 1-thread package, and eager bfloat16 on 2 threads;
+  two OS threads on the 1-thread package, and eager in that precision on 2 threads;
 - DDIM-50 for 16 images and DDPM-1000 for 4 images, 2-thread package against the split;
 - DDPM-300 for 4 images and DDIM-50 for 16 images, eager and compiled, alone and beside a thread
   that wakes every 2 ms or 0.5 ms (an AOTInductor package holds the GIL for a whole call).
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from diffusion_core.checkpoints import load_checkpoint  # noqa: E402
 from diffusion_core.compiled import CompiledModel, compile_package, package_path  # noqa: E402
-from diffusion_core.inference import InferenceModel  # noqa: E402
+from diffusion_core.inference import InferenceModel, resolve_precision  # noqa: E402
 from diffusion_core.runtime import set_threads  # noqa: E402
 from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample  # noqa: E402
 
@@ -47,11 +48,12 @@ def main() -> None:
     set_threads(2)
     ckpt = load_checkpoint(ROOT / "checkpoints" / a.checkpoint)
     cfg = ckpt.model_config
-    eager = InferenceModel(ckpt.model, "bfloat16")
+    prec = resolve_precision("auto", torch.device("cpu"))  # what the app samples in here
+    eager = InferenceModel(ckpt.model, prec)
     cache = Path(tempfile.mkdtemp(prefix="bench-threads-"))
     runners = {}
     for n in (2, 1):
-        path = package_path(ckpt, "bfloat16", cache, n)
+        path = package_path(ckpt, prec, cache, n)
         compile_package(eager, path, n)
         runners[n] = CompiledModel(load_package(str(path), num_runners=2), eager, path)
     two, one = runners[2], runners[1]
@@ -70,8 +72,8 @@ def main() -> None:
             torch.set_num_threads(2)
 
     paths = {"package for 2 threads": two, "package for 1 thread, on 1 thread": one_thread,
-             "batch split over 2 OS threads, 1-thread package": split, "eager bfloat16, 2 threads": eager}
-    print(f"# {a.checkpoint}, bfloat16, one call (ms), median of {a.repeats}, the paths taking turns\n")
+             "batch split over 2 OS threads, 1-thread package": split, f"eager {prec}, 2 threads": eager}
+    print(f"# {a.checkpoint}, {prec}, one call (ms), median of {a.repeats}, the paths taking turns\n")
     print("| batch | " + " | ".join(paths) + " |")
     print("|---" * (len(paths) + 1) + "|")
     with torch.inference_mode():
