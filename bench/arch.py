@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion_core.compiled import CompiledModel, compile_package  # noqa: E402
-from diffusion_core.inference import InferenceModel, native_bfloat16, resolve_precision  # noqa: E402
+from diffusion_core.inference import InferenceModel, resolve_precision  # noqa: E402
 from diffusion_core.model import ModelConfig, UNet, count_parameters  # noqa: E402
 from diffusion_core.runtime import set_threads  # noqa: E402
 from diffusion_core.schedules import make_schedule  # noqa: E402
-from diffusion_core.train import diffusion_loss  # noqa: E402
+from diffusion_core.train import diffusion_loss, resolve_amp  # noqa: E402
 from sampling import matmul_peak, model_gflop  # noqa: E402  (bench/sampling.py, beside this script)
 
 MNIST = dict(in_channels=1, image_size=28, num_classes=10)
@@ -75,7 +75,7 @@ def train_step_fn(model: nn.Module, batch: int = 32):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     schedule = make_schedule("linear", 1000)
     g = torch.Generator().manual_seed(0)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bfloat16(torch.device("cpu")))
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_amp("auto", torch.device("cpu")))
 
     def step() -> None:
         x0 = torch.rand(batch, 1, 28, 28, generator=g) * 2 - 1
