@@ -4,6 +4,10 @@
     checkpoints/NAME.json          model config, schedule config, dataset, training settings,
                                    loss log, evaluation results, and the weights' SHA-256
 
+A card may name an autoguidance guide beside it, `"autoguidance": {"guide": "NAME-guide", "weight": w}`
+(diffusion_core.samplers.AutoGuided): `load_guide` loads it, and `discover_checkpoints` leaves it out,
+since a guide is part of the model that names it, not a model of its own.
+
 `load_checkpoint` checks every step and raises CheckpointError naming the file and the fault.
 """
 
@@ -115,15 +119,45 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def discover_checkpoints(directory: Path) -> list[Path]:
-    """DIRECTORY/*.json whose "format" is diffusion-explorer/1 (the classifier's card is skipped)."""
-    found = []
-    for card in sorted(Path(directory).glob("*.json")):
+    """DIRECTORY/*.json whose "format" is diffusion-explorer/1, less the guides other cards name (the
+    classifier's card is skipped too)."""
+    found, guides = [], set()
+    for card_path in sorted(Path(directory).glob("*.json")):
         try:
-            if json.loads(card.read_text()).get("format") == FORMAT:
-                found.append(card.with_suffix(""))
+            card = json.loads(card_path.read_text())
+            if card.get("format") == FORMAT:
+                found.append(card_path.with_suffix(""))
+                guides.add(str((card.get("autoguidance") or {}).get("guide", "")))
         except (OSError, ValueError, AttributeError):
             continue
-    return found
+    return [p for p in found if p.name not in guides]
+
+
+def autoguidance_weight(card: dict[str, Any]) -> float | None:
+    """The autoguidance weight w a card recommends with its guide, or None when it names no guide."""
+    ag = card.get("autoguidance")
+    return float(ag["weight"]) if isinstance(ag, dict) and "guide" in ag else None
+
+
+def load_guide(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Checkpoint:
+    """The autoguidance guide that checkpoint `path`'s card names (a checkpoint in the same directory),
+    loaded and checked to share the checkpoint's dataset, image format and noise schedule."""
+    weights_path, card_path = checkpoint_paths(path)
+    card = read_card(path)
+    ag = card.get("autoguidance")
+    if not isinstance(ag, dict) or not isinstance(ag.get("guide"), str):
+        raise CheckpointError(f"{card_path}: names no autoguidance guide (\"autoguidance\": {{\"guide\": NAME}})")
+    guide = load_checkpoint(weights_path.parent / ag["guide"], device)
+    main_cfg = ModelConfig.from_dict(card["model"])
+    if (guide.dataset != card["dataset"] or guide.schedule.config != ScheduleConfig(**card["schedule"])
+            or (guide.model_config.in_channels, guide.model_config.image_size)
+            != (main_cfg.in_channels, main_cfg.image_size)):
+        raise CheckpointError(f"{card_path}: guide {ag['guide']} is not trained on the same data, image format "
+                              "and noise schedule")
+    if guide.model_config.conditional:
+        raise CheckpointError(f"{card_path}: guide {ag['guide']} is class-conditional; autoguidance here "
+                              "takes an unconditional guide")
+    return guide
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Checkpoint:

@@ -1,6 +1,7 @@
 """Score a checkpoint's samples and print JSON:
 
     python -m diffusion_core.evaluate --checkpoint checkpoints/mnist-linear --sampler ddim --steps 50 --num 1000
+    [--autoguidance 2]   (unconditional samples guided away from the guide the card names)
 
 MNIST (features and predictions of the shipped classifier, checkpoints/classifier-mnist):
   fd              Frechet distance between sample and training-set features (FID's formula, Heusel et al. 2017)
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoints import CheckpointError, load_checkpoint, read_card, write_card
+from .checkpoints import CheckpointError, load_checkpoint, load_guide, read_card, write_card
 from .cli import add_dataclass_args, dataclass_from_args
 from .data import CIRCLE_MIN_CONTRAST, load_mnist, make_circles
 from .inference import Precision, resolve_precision
@@ -175,6 +176,8 @@ class EvalArgs:
     label: int | None = None  # generate only this class (conditional models)
     all_labels: bool = False  # generate every class in equal numbers (conditional models)
     guidance: float = 1.0  # classifier-free guidance scale for labelled sampling
+    autoguidance: float = 1.0  # autoguidance weight w >= 1 for unconditional sampling (1: off), with the card's guide
+    guide: str | None = None  # with --autoguidance: this guide checkpoint instead of the one the card names
     batch_size: int = 250  # sampling batch
     classifier: str = "checkpoints/classifier-mnist"  # the shipped digit classifier
     device: DeviceName = "auto"  # auto = CUDA, then MPS, then CPU
@@ -197,9 +200,12 @@ def evaluate_samples(a: EvalArgs) -> tuple[dict[str, object], torch.Tensor]:
         labels = torch.arange(a.num) % ckpt.model_config.num_classes
     elif a.label is not None:
         labels = torch.full((a.num,), a.label, dtype=torch.long)
+    guide = None
+    if a.autoguidance != 1.0:
+        guide = load_checkpoint(a.guide, device) if a.guide else load_guide(a.checkpoint, device)
     precision = resolve_precision(a.precision, device)
     t0 = time.perf_counter()
-    x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision, a.compiled)
+    x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision, a.compiled, guide, a.autoguidance)
     result: dict[str, object] = {
         "checkpoint": ckpt.name, "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta, "spacing": cfg.spacing,
         "clip_x0": cfg.clip_x0, "num": a.num, "seed": a.seed,
@@ -208,6 +214,8 @@ def evaluate_samples(a: EvalArgs) -> tuple[dict[str, object], torch.Tensor]:
     }
     if a.compiled:
         result["compiled"] = True
+    if guide is not None:
+        result["autoguidance"], result["guide"] = a.autoguidance, guide.name
     result.update(score(ckpt.dataset, x, labels, a.classifier, a.seed))
     return result, x
 
@@ -236,6 +244,8 @@ def evaluate(a: EvalArgs) -> dict[str, object]:
 def evaluation_key(r: dict[str, object]) -> str:
     """The key a result is filed under in the card, e.g. 'ddim-50 eta=0 uncond'."""
     cond = "uncond" if r["labels"] is None else f"labels={r['labels']} w={r['guidance']}"
+    if r.get("autoguidance"):
+        cond += f" autoguided w={r['autoguidance']} by {r['guide']}"
     return (f"{r['sampler']}-{r['steps']} eta={r['eta']} {r['spacing']} clip={r['clip_x0']} {cond} n={r['num']} "
             f"{r['precision']}{' compiled' if r.get('compiled') else ''} seed={r['seed']}")
 

@@ -1,7 +1,7 @@
 """Sample a checkpoint from the command line:
 
     python -m diffusion_core.sample --checkpoint checkpoints/mnist-linear --sampler ddim --steps 50 \
-        --eta 0 --num 64 --seed 0 [--label 3 --guidance 3] [--device auto] --out grid.png
+        --eta 0 --num 64 --seed 0 [--label 3 --guidance 3 | --autoguidance 2] [--device auto] --out grid.png
 
 `--out` ending in .npz writes key `images`, uint8 [N x H x W x C]. The same seed and settings
 give the same bytes.
@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoints import Checkpoint, CheckpointError, load_checkpoint
+from .checkpoints import Checkpoint, CheckpointError, load_checkpoint, load_guide
 from .compiled import MAX_BATCH, load_compiled
 from .cli import add_dataclass_args, dataclass_from_args
 from .inference import InferenceModel, Precision, resolve_precision
 from .render import save_images, to_uint8
 from .runtime import DeviceName, select_device, set_threads
-from .samplers import SamplerConfig, SamplerName, Spacing, Variance, initial_noise, make_generator, sample
+from .samplers import AutoGuided, SamplerConfig, SamplerName, Spacing, Variance, initial_noise, make_generator, sample
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class SampleArgs:
     seed: int = 0  # seeds x_T and every draw
     label: int | None = None  # class to generate (conditional models only); default: unconditional
     guidance: float = 1.0  # classifier-free guidance scale (with --label)
+    autoguidance: float = 1.0  # autoguidance weight w >= 1 without --label (1: off), with the guide the card names
+    guide: str | None = None  # with --autoguidance: this guide checkpoint instead of the card's
     batch_size: int = 256  # images per batch (the output depends on it)
     device: DeviceName = "auto"  # auto = CUDA, then MPS, then CPU
     precision: Precision = "auto"  # model precision; auto = bfloat16 where the hardware has it natively
@@ -57,12 +59,14 @@ def sampler_config(sampler: str, steps: int | None, num_timesteps: int, **kw: ob
 def generate(
     ckpt: Checkpoint, config: SamplerConfig, num: int, seed: int,
     labels: torch.Tensor | None = None, device: torch.device | str = "cpu", batch_size: int = 256,
-    precision: str = "float32", compiled: bool = False,
+    precision: str = "float32", compiled: bool = False, guide: Checkpoint | None = None, autoguidance: float = 1.0,
 ) -> torch.Tensor:
     """num samples [num x C x H x W] in [-1, 1] on the CPU. Batch k draws from a generator seeded by seed + k.
 
     :param precision: "float32" or "bfloat16" (see inference.py); "auto" picks for the device.
     :param compiled: run the checkpoint's AOTInductor package (diffusion_core.compiled); raises if there is none.
+    :param guide: with autoguidance w > 1, the guide (checkpoints.load_guide) that unconditional
+        samples are guided away from (samplers.AutoGuided); it runs eagerly at the same precision.
     """
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
@@ -70,9 +74,16 @@ def generate(
         raise ValueError(f"labels must have shape ({num},), got {tuple(labels.shape)}")
     make_generator(seed)  # validates the seed
     c, s = ckpt.model_config.in_channels, ckpt.model_config.image_size
-    model: torch.nn.Module = InferenceModel(ckpt.model, resolve_precision(precision, torch.device(device)))
+    precision = resolve_precision(precision, torch.device(device))
+    model: torch.nn.Module = InferenceModel(ckpt.model, precision)
     if compiled:
         model = _compiled(ckpt, model, config, batch_size, labels is not None)
+    if autoguidance != 1.0:
+        if guide is None:
+            raise ValueError("autoguidance needs a guide: this checkpoint's card names none")
+        if labels is not None:
+            raise ValueError("autoguidance guides unconditional sampling only: leave out the labels")
+        model = AutoGuided(model, InferenceModel(guide.model, precision), autoguidance)
     out = []
     for k, start in enumerate(range(0, num, batch_size)):
         n = min(batch_size, num - start)
@@ -113,7 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         labels = None if a.label is None else torch.full((a.num,), a.label, dtype=torch.long)
         t0 = time.perf_counter()
         precision = resolve_precision(a.precision, device)
-        x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision, a.compiled)
+        guide = None
+        if a.autoguidance != 1.0:
+            guide = load_checkpoint(a.guide, device) if a.guide else load_guide(a.checkpoint, device)
+        x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision, a.compiled, guide,
+                     a.autoguidance)
     except (ValueError, CheckpointError) as e:
         parser.exit(2, f"error: {e}\n")
     save_images(to_uint8(x), a.out)

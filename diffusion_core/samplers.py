@@ -255,6 +255,38 @@ def guided_eps(
     return eps_u + guidance * (eps_c - eps_u)
 
 
+class AutoGuided(torch.nn.Module):
+    """Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself", eq. 2).
+
+    The paper extrapolates the denoiser away from a guide D_0, a smaller and shorter-trained model of
+    the same data and noise schedule: D_w(x; t) = w D_1(x; t) + (1 - w) D_0(x; t). At fixed x_t and t
+    the denoiser x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) is affine in eps, so in eps:
+        eps_w(x_t, t) = eps_0(x_t, t) + w (eps_1(x_t, t) - eps_0(x_t, t)),
+    and every sampler runs unchanged on this eps model. w = 1 is the model alone (the guide is not called).
+    Unlike classifier-free guidance it needs no label: it guides unconditional sampling (our guides are
+    trained without labels, so labelled calls raise). `model(x, t, None)` runs a class-conditional model
+    on its null label.
+    """
+
+    def __init__(self, model: torch.nn.Module, guide: torch.nn.Module, weight: float) -> None:
+        super().__init__()
+        if not math.isfinite(weight) or weight < 1.0:
+            raise ValueError(f"the autoguidance weight w must be >= 1 (1 = off), got {weight}")
+        self.model, self.guide, self.weight = model, guide, weight
+        self.cfg = getattr(model, "cfg", None)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N x C x H x W], t [N] -> eps_w [N x C x H x W]."""
+        if y is not None:
+            raise ValueError("autoguidance guides unconditional sampling only (the guide takes no label); "
+                             "for a chosen digit use classifier-free guidance")
+        eps_1 = self.model(x, t, None)
+        if self.weight == 1.0:
+            return eps_1
+        eps_0 = self.guide(x, t, None).to(eps_1.dtype)
+        return eps_0 + self.weight * (eps_1 - eps_0)
+
+
 def _plan(schedule: NoiseSchedule, config: SamplerConfig) -> list[PairCoefficients]:
     config.check_steps(schedule.num_timesteps)
     return plan_coefficients(schedule, timestep_pairs(schedule.num_timesteps, config.steps, config.spacing))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, randomize
 from diffusion_core.data import make_circles
-from diffusion_core.evaluate import class_coverage, copying_check, frechet_distance, is_clean_disc, real_floors
+from diffusion_core.checkpoints import checkpoint_paths, read_card, save_checkpoint, write_card
+from diffusion_core.evaluate import (class_coverage, copying_check, evaluation_key, frechet_distance, is_clean_disc,
+                                     real_floors)
+from diffusion_core.model import build_model, preset
+from diffusion_core.schedules import ScheduleConfig
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -78,6 +83,31 @@ def test_evaluate_prints_json(tiny_checkpoint: Path) -> None:
         assert key in out
     assert out["fd"] > out["fd_real_floor"] > 0  # random weights are far from the data
     assert out["num"] == 40 and out["labels"] == "all"
+
+
+def test_autoguidance_from_the_command_lines(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    for src in checkpoint_paths(tiny_checkpoint):
+        shutil.copy(src, tmp_path / src.name)
+    main = tmp_path / tiny_checkpoint.name
+    cfg = preset("lesson", base_channels=8)  # unconditional
+    save_checkpoint(tmp_path / "tiny-guide", randomize(build_model(cfg), seed=1), cfg, ScheduleConfig("linear", 1000),
+                    "mnist", {})
+    write_card(main, {**read_card(main), "autoguidance": {"guide": "tiny-guide", "weight": 2.0}})
+    common = ["diffusion_core.sample", "--checkpoint", str(main), "--steps", "5", "--num", "4", "--device", "cpu"]
+    run(*common, "--out", str(tmp_path / "plain.npz"))
+    run(*common, "--autoguidance", "1", "--out", str(tmp_path / "w1.npz"))
+    run(*common, "--autoguidance", "3", "--out", str(tmp_path / "w3.npz"))
+    plain, w1, w3 = (np.load(tmp_path / f"{n}.npz")["images"] for n in ("plain", "w1", "w3"))
+    assert np.array_equal(plain, w1) and not np.array_equal(plain, w3)
+    r = run(*common, "--autoguidance", "3", "--label", "3", "--out", str(tmp_path / "x.npz"), check=False)
+    assert r.returncode == 2 and "unconditional sampling only" in r.stderr
+    r = run("diffusion_core.sample", "--checkpoint", str(tiny_checkpoint), "--autoguidance", "2", "--num", "1",
+            "--out", str(tmp_path / "y.npz"), check=False)
+    assert r.returncode == 2 and "names no autoguidance guide" in r.stderr
+    out = json.loads(run("diffusion_core.evaluate", "--checkpoint", str(main), "--steps", "3", "--num", "20",
+                         "--autoguidance", "2").stdout)
+    assert out["autoguidance"] == 2.0 and out["guide"] == "tiny-guide" and out["labels"] is None
+    assert "autoguided w=2.0 by tiny-guide" in evaluation_key(out)
 
 
 # --- the metrics themselves ----------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diffusion_core.samplers import (
+    AutoGuided,
     SamplerConfig,
     ddim_timesteps,
     ddim_update,
@@ -316,6 +317,53 @@ def test_classifier_free_guidance_formula() -> None:
     for w in (0.0, 1.0, 3.0, 7.5):
         torch.testing.assert_close(guided_eps(m, x, 10, y, w), eps_u + w * (eps_c - eps_u))
     torch.testing.assert_close(guided_eps(m, x, 10, None, 3.0), eps_u)
+
+
+class Counted(torch.nn.Module):
+    """An unconditional eps model k tanh(x) + t / T that counts its calls."""
+
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k, self.calls = k, 0
+
+    def forward(self, x, t, y=None):
+        self.calls += 1
+        return self.k * torch.tanh(x) + (t.float() / 100).reshape(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_autoguidance_in_eps_is_karras_extrapolation_of_the_denoiser(name: str) -> None:
+    """Karras et al. (2024) eq. 2 guides the denoiser, D_w = w D_1 + (1 - w) D_0; AutoGuided does it in eps."""
+    sched = make_schedule(name, 100)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.tensor([0, 30, 70, 99])
+    model, guide = Counted(0.8), Counted(0.3)
+    ab = sched.alphas_cumprod[t].reshape(-1, 1, 1, 1).double()
+
+    def denoise(eps: torch.Tensor) -> torch.Tensor:  # x_0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)
+        return (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+    for w in (1.5, 2.0, 4.0):
+        eps_w = AutoGuided(model, guide, w)(x, t)
+        torch.testing.assert_close(denoise(eps_w), w * denoise(model(x, t)) + (1 - w) * denoise(guide(x, t)))
+    calls = guide.calls
+    torch.testing.assert_close(AutoGuided(model, guide, 1.0)(x, t), model(x, t))
+    assert guide.calls == calls  # w = 1 is the model alone: the guide is not run
+
+
+def test_autoguidance_moves_samples_and_refuses_labels_and_weights_below_one() -> None:
+    sched = make_schedule("linear", 100)
+    x_T = initial_noise(SHAPE, make_generator(0))
+    cfg = SamplerConfig("ddim", 10)
+    plain = sample(Counted(0.8), sched, x_T, cfg)
+    assert torch.equal(sample(AutoGuided(Counted(0.8), Counted(0.3), 1.0), sched, x_T, cfg), plain)
+    guided = sample(AutoGuided(Counted(0.8), Counted(0.3), 2.0), sched, x_T, cfg)
+    assert (guided - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="unconditional sampling only"):
+        AutoGuided(CondModel(), Counted(0.3), 2.0)(x_T, torch.zeros(4, dtype=torch.long), torch.tensor([1, 2, 3, 4]))
+    for w in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight w must be >= 1"):
+            AutoGuided(Counted(0.8), Counted(0.3), w)
 
 
 def test_bad_input_raises_with_clear_message(fake_eps) -> None:
