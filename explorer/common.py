@@ -14,7 +14,9 @@ import torch
 
 from diffusion_core.checkpoints import Checkpoint
 from diffusion_core.runtime import torch_thread
-from diffusion_core.samplers import SamplerConfig, Step, initial_noise, make_generator, sample_progressive
+from diffusion_core.samplers import AutoGuided, SamplerConfig, Step, initial_noise, make_generator, sample_progressive
+
+from .state import Registry
 
 try:  # On a ZeroGPU Space, `spaces.GPU` attaches a GPU to the decorated call; elsewhere it is a no-op.
     import spaces  # type: ignore[import-not-found]
@@ -35,6 +37,7 @@ LIGHT = dict(concurrency_id="light", concurrency_limit=4)  # scrubbing and small
 MIN_FRAME_INTERVAL_S = 1 / 10
 MAX_RECORDED_FRAMES = 100  # frames of a trajectory kept for the scrub slider and the GIF
 MAX_GUIDANCE = 8.0  # the guidance slider's upper end
+MAX_AUTOGUIDANCE = 4.0  # the autoguidance slider's upper end
 
 
 def timestep(t: int) -> str:
@@ -120,6 +123,18 @@ def labels_for(ckpt: Checkpoint, digit: str | None, num: int) -> torch.Tensor | 
     return torch.full((num,), d, dtype=torch.long)
 
 
+def autoguidance_slider(reg: Registry, name: str) -> gr.Slider:
+    """The autoguidance weight for digit "any", shown for a checkpoint with a guide (at its card's w)."""
+    guide = reg.guides.get(name)
+    return gr.Slider(1, MAX_AUTOGUIDANCE, value=guide.weight if guide else 1.0, step=0.25, visible=guide is not None,
+                     label="Autoguidance w (digit 'any'; 1 = off)")
+
+
+def autoguidance_update(reg: Registry, name: str) -> dict:
+    guide = reg.guides.get(name)
+    return gr.update(visible=guide is not None, value=guide.weight if guide else 1.0)
+
+
 def check_num(num: object) -> int:
     n = as_int("number of images", num)
     if not 1 <= n <= 16:
@@ -128,19 +143,25 @@ def check_num(num: object) -> int:
 
 
 def start(
-    ckpt: Checkpoint, config: SamplerConfig, seed: object, num: object, digit: str | None, device: torch.device
+    ckpt: Checkpoint, config: SamplerConfig, seed: object, num: object, digit: str | None, device: torch.device,
+    guide: torch.nn.Module | None = None, autoguidance: object = 1.0,
 ) -> Iterator[Step]:
     """A sampler generator from seed: x_T = initial_noise(make_generator(seed)), later draws from the same generator.
 
-    The same seed gives every sampler (and `diffusion_core.sample`) the same x_T.
+    The same seed gives every sampler (and `diffusion_core.sample`) the same x_T. With a `guide` and
+    autoguidance w > 1, unconditional samples (digit "any") are autoguided; a chosen digit is not.
     """
     config.check_steps(ckpt.schedule.num_timesteps)
     n = check_num(num)
+    w = as_float("autoguidance weight", autoguidance, 1, MAX_AUTOGUIDANCE)
     g = make_generator(as_int("seed", seed))
     y = labels_for(ckpt, digit, n)
     c, s = ckpt.model_config.in_channels, ckpt.model_config.image_size
     x_T = initial_noise((n, c, s, s), g, device)
-    return inference_steps(sample_progressive(ckpt.model, ckpt.schedule, x_T, config, None if y is None else y.to(device), g))
+    model = ckpt.model
+    if y is None and guide is not None and w != 1.0:
+        model = AutoGuided(model, guide, w)
+    return inference_steps(sample_progressive(model, ckpt.schedule, x_T, config, None if y is None else y.to(device), g))
 
 
 def inference_steps(gen: Iterator[Step]) -> Iterator[Step]:

@@ -9,8 +9,8 @@ import gradio as gr
 from diffusion_core.explain import interleave_by_timestep
 from diffusion_core.samplers import SamplerConfig
 
-from .common import (ANY_DIGIT, GPU, LIGHT, MAX_GUIDANCE, MIN_FRAME_INTERVAL_S, SAMPLING, as_float, as_int, friendly, md,
-                     start, timestep)
+from .common import (ANY_DIGIT, GPU, LIGHT, MAX_GUIDANCE, MIN_FRAME_INTERVAL_S, SAMPLING, as_float, as_int,
+                     autoguidance_slider, autoguidance_update, friendly, md, start, timestep)
 from .images import display
 from .state import METRICS, Registry
 
@@ -38,15 +38,16 @@ def build(reg: Registry) -> dict:
     names = reg.names
 
     def run(name: str, ddpm_steps: object, ddim_steps: object, eta: float, seed: object, num: object,
-            digit: str, guidance: float):
+            digit: str, guidance: float, autoguidance: float = 1.0):
         ckpt = reg.get(name)
+        guide = reg.guides.get(name)
         g = as_float("guidance scale", guidance, 0, MAX_GUIDANCE)
         c_ddpm = SamplerConfig(sampler="ddpm", steps=as_int("DDPM steps", ddpm_steps), guidance=g)
         c_ddim = SamplerConfig(sampler="ddim", steps=as_int("DDIM steps", ddim_steps), eta=as_float("eta", eta, 0, 1),
                                guidance=g)
         # Each sampler gets its own generator seeded alike: both draw the same x_T first.
-        a = start(ckpt, c_ddpm, seed, num, digit, reg.device)
-        b = start(ckpt, c_ddim, seed, num, digit, reg.device)
+        a = start(ckpt, c_ddpm, seed, num, digit, reg.device, guide and guide.model, autoguidance)
+        b = start(ckpt, c_ddim, seed, num, digit, reg.device, guide and guide.model, autoguidance)
         rec = METRICS.start("compare", c_ddpm.steps + c_ddim.steps)
         both = interleave_by_timestep(a, b)
         x = [None, None]
@@ -84,6 +85,7 @@ def build(reg: Registry) -> dict:
         digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value="3" if cond else ANY_DIGIT,
                             label="Digit (class-conditional models)", visible=cond)
         guidance = gr.Slider(0, 8, value=2, step=0.5, label="Guidance scale w", visible=cond)
+        autoguidance = autoguidance_slider(reg, names[0])
     with gr.Row():
         go = gr.Button("▶ Run both", variant="primary", elem_id="compare-play")
         stop = gr.Button("■ Stop", variant="stop")
@@ -98,12 +100,13 @@ def build(reg: Registry) -> dict:
             d_md = gr.Markdown("**|DDPM − DDIM|** (black = identical)")
             d_img = gr.Image(label="absolute difference", format="png", height=280, interactive=False)
 
-    ev = go.click(GPU(friendly(run)), [ckpt, ddpm_steps, ddim_steps, eta, seed, num, digit, guidance],
+    ev = go.click(GPU(friendly(run)), [ckpt, ddpm_steps, ddim_steps, eta, seed, num, digit, guidance, autoguidance],
                   [a_img, b_img, a_md, b_md, d_img, d_md], api_name="compare", show_progress="minimal", **SAMPLING)
     stop.click(None, None, None, cancels=[ev], api_name="compare_stop", **LIGHT)
     def on_model(name: str):
         c = reg.get(name).model_config.num_classes > 0
-        return gr.update(visible=c) if c else gr.update(visible=False, value=ANY_DIGIT), gr.update(visible=c)
+        return (gr.update(visible=c) if c else gr.update(visible=False, value=ANY_DIGIT), gr.update(visible=c),
+                autoguidance_update(reg, name))
 
-    ckpt.input(friendly(on_model), ckpt, [digit, guidance], api_name="compare_model", **LIGHT)
+    ckpt.input(friendly(on_model), ckpt, [digit, guidance, autoguidance], api_name="compare_model", **LIGHT)
     return {}

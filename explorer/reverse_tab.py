@@ -12,7 +12,7 @@ from diffusion_core.samplers import SamplerConfig
 
 from . import figures
 from .common import (ANY_DIGIT, GPU, LIGHT, MAX_GUIDANCE, MAX_RECORDED_FRAMES, MIN_FRAME_INTERVAL_S, SAMPLING,
-                     as_float, as_int, friendly, md, start, timestep)
+                     as_float, as_int, autoguidance_slider, autoguidance_update, friendly, md, start, timestep)
 from .images import display_grid, raw_grid, write_gif
 from .state import METRICS, Registry
 
@@ -29,6 +29,10 @@ $$x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma_t^2
 \sigma_t = \eta\sqrt{\tfrac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}}\sqrt{1-\tfrac{\bar\alpha_t}{\bar\alpha_{t'}}}$$
 Classifier-free guidance mixes the conditional and unconditional predictions:
 $\hat\varepsilon = \varepsilon_\theta(x_t, \varnothing) + w\,\big(\varepsilon_\theta(x_t, y) - \varepsilon_\theta(x_t, \varnothing)\big)$.
+With digit *any*, **autoguidance** (Karras et al. 2024) pushes the prediction away from a guide, a smaller
+and briefly trained version of the same model, whose mistakes are exaggerated versions of the model's own:
+$\hat\varepsilon = \varepsilon_{\text{guide}}(x_t) + w_{\text{auto}}\,\big(\varepsilon_\theta(x_t) - \varepsilon_{\text{guide}}(x_t)\big)$
+($w_{\text{auto}} = 1$: the model alone).
 """
 
 
@@ -53,12 +57,13 @@ def build(reg: Registry) -> dict:
         return reg.get(name).model_config.num_classes > 0
 
     def run(name: str, sampler: str, steps: object, eta: float, seed: object, num: object, digit: str,
-            guidance: float):
+            guidance: float, autoguidance: float = 1.0):
         """Stream (x_t, predicted x_0, status) while sampling; finally the chart, scrub slider and GIF."""
         ckpt = reg.get(name)
         cfg = SamplerConfig(sampler=sampler, steps=as_int("steps", steps), eta=as_float("eta", eta, 0, 1),
                             guidance=as_float("guidance scale", guidance, 0, MAX_GUIDANCE))
-        steps_iter = start(ckpt, cfg, seed, num, digit, reg.device)
+        guide = reg.guides.get(name)
+        steps_iter = start(ckpt, cfg, seed, num, digit, reg.device, guide and guide.model, autoguidance)
         keep = frame_indices(cfg.steps, MAX_RECORDED_FRAMES)  # bounded: the trajectory lives in gr.State
         traj: dict = {"frames": [], "stats": [], "title": f"{name} · {sampler.upper()} · {cfg.steps} steps"}
         rec = METRICS.start("reverse", cfg.steps)
@@ -115,9 +120,11 @@ def build(reg: Registry) -> dict:
         return display_grid(f[4]), display_grid(f[5]), status(*f[:4], f" · recorded frame {k + 1}/{len(frames)}")
 
     def on_model(name: str):
-        """Show digit and guidance for conditional models; an unconditional one gets digit "any" (it has no labels)."""
+        """Show digit and guidance for conditional models; an unconditional one gets digit "any" (it has no labels).
+        Autoguidance shows for a model with a guide, at the weight its card recommends."""
         c = conditional(name)
-        return gr.update(visible=c) if c else gr.update(visible=False, value=ANY_DIGIT), gr.update(visible=c)
+        return (gr.update(visible=c) if c else gr.update(visible=False, value=ANY_DIGIT), gr.update(visible=c),
+                autoguidance_update(reg, name))
 
     def on_sampler(sampler: str):
         return gr.update(value=1000 if sampler == "ddpm" else 50), gr.update(interactive=sampler == "ddim")
@@ -136,6 +143,7 @@ def build(reg: Registry) -> dict:
         digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value="3" if cond else ANY_DIGIT,
                             label="Digit (class-conditional models)", visible=cond)
         guidance = gr.Slider(0, 8, value=2, step=0.5, label="Guidance scale w", visible=cond)
+        autoguidance = autoguidance_slider(reg, names[0])
     with gr.Row():
         play = gr.Button("▶ Play", variant="primary", elem_id="reverse-play")
         stop = gr.Button("■ Stop", variant="stop", elem_id="reverse-stop")
@@ -154,7 +162,7 @@ def build(reg: Registry) -> dict:
        "RMS of the predicted noise $\\lVert\\hat\\varepsilon\\rVert/\\sqrt d$ stays near 1 until the last steps.")
 
     outs = [xt, x0, info, traj, chart, scrub, gif]
-    ev = play.click(GPU(friendly(run)), [ckpt, sampler, steps, eta, seed, num, digit, guidance], outs,
+    ev = play.click(GPU(friendly(run)), [ckpt, sampler, steps, eta, seed, num, digit, guidance, autoguidance], outs,
                     api_name="reverse_sample", show_progress="minimal", **SAMPLING)
     # Cancel first, then render the stopped run: Gradio's front end drops the outputs of an event
     # that itself cancels the event writing the same components (seen in Chromium on a quiet machine).
@@ -162,6 +170,6 @@ def build(reg: Registry) -> dict:
         friendly(stopped), [traj], outs, api_name="reverse_stop", **LIGHT)
     scrub.input(friendly(show_frame), [traj, scrub], [xt, x0, info], api_name="reverse_scrub",
                 trigger_mode="always_last", show_progress="hidden", **LIGHT)
-    ckpt.input(friendly(on_model), ckpt, [digit, guidance], api_name="reverse_model", **LIGHT)
+    ckpt.input(friendly(on_model), ckpt, [digit, guidance, autoguidance], api_name="reverse_model", **LIGHT)
     sampler.input(on_sampler, sampler, [steps, eta], api_name="reverse_sampler", **LIGHT)
     return {}

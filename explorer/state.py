@@ -21,7 +21,14 @@ from pathlib import Path
 
 import torch
 
-from diffusion_core.checkpoints import Checkpoint, CheckpointError, discover_checkpoints, load_checkpoint
+from diffusion_core.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    autoguidance_weight,
+    discover_checkpoints,
+    load_checkpoint,
+    load_guide,
+)
 from diffusion_core.compiled import CompiledModel, load_compiled
 from diffusion_core.inference import CUDAGraphModel, InferenceModel, resolve_precision
 from diffusion_core.runtime import select_device, set_threads, torch_thread
@@ -46,6 +53,15 @@ def load_with_retry(path: Path, device: torch.device, retries: int = 1, wait_s: 
 
 
 @dataclass(frozen=True)
+class Guide:
+    """A checkpoint's autoguidance guide (diffusion_core.samplers.AutoGuided), ready to run."""
+
+    name: str
+    model: torch.nn.Module  # InferenceModel (or CUDAGraphModel) at the registry's precision
+    weight: float  # the w its checkpoint's card recommends
+
+
+@dataclass(frozen=True)
 class Registry:
     device: torch.device
     threads: int
@@ -54,6 +70,7 @@ class Registry:
     schedules: dict[str, NoiseSchedule]  # "linear" / "cosine", T = 1000, on the CPU (forward views)
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why it could not be loaded
     directory: Path | None = None  # where the checkpoints were found
+    guides: dict[str, Guide] = field(default_factory=dict)  # checkpoint name -> its autoguidance guide, if any
 
     @property
     def names(self) -> list[str]:
@@ -117,7 +134,7 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
     dev = select_device(device)
     threads = set_threads()
     precision = resolve_precision(precision or os.environ.get("EXPLORER_PRECISION", "auto"), dev)
-    loaded, skipped = {}, {}
+    loaded, skipped, guides = {}, {}, {}
     for path in discover_checkpoints(directory):
         try:
             ckpt = load_with_retry(path, dev)
@@ -130,13 +147,25 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
         except CheckpointError as e:
             skipped[path.name] = str(e)
             log.warning("skipping checkpoint %s: %s", path, e)
+            continue
+        weight = autoguidance_weight(ckpt.card)
+        if weight is not None:
+            try:  # the guide is small and runs eagerly (no package: it is not a checkpoint of its own)
+                guide = load_guide(path, dev)
+                model: torch.nn.Module = InferenceModel(guide.model, precision)
+                if dev.type == "cuda" and cuda_graphs:
+                    model = CUDAGraphModel(model)
+                guides[ckpt.name] = Guide(guide.name, model, weight)
+            except CheckpointError as e:  # the model still runs, without autoguidance
+                skipped[f"{path.name} (autoguidance guide)"] = str(e)
+                log.warning("no autoguidance for %s: %s", path, e)
     if not loaded:
         raise RuntimeError(f"no diffusion checkpoint could be loaded from {directory} (skipped: {skipped or 'none found'})")
     # Visitors see the first model by default: MNIST before circles, linear before cosine.
     loaded = dict(sorted(loaded.items(), key=lambda kv: (kv[1].dataset != "mnist",
                                                          kv[1].schedule.config.name != "linear", kv[0])))
     schedules = {name: make_schedule(name, 1000) for name in SCHEDULE_NAMES}
-    return Registry(dev, threads, precision, loaded, schedules, skipped, directory)
+    return Registry(dev, threads, precision, loaded, schedules, skipped, directory, guides)
 
 
 def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread | None:

@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 
 from conftest import randomize
-from diffusion_core.checkpoints import load_checkpoint, save_checkpoint
+from diffusion_core.checkpoints import load_checkpoint, load_guide, read_card, save_checkpoint, write_card
 from diffusion_core.forward import q_sample
 from diffusion_core.inference import InferenceModel, resolve_precision
 from diffusion_core.model import build_model, preset
 from diffusion_core.render import to_uint8
 from diffusion_core.runtime import torch_thread
-from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample
+from diffusion_core.samplers import AutoGuided, SamplerConfig, initial_noise, make_generator, sample
 from diffusion_core.schedules import ScheduleConfig, make_schedule
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -50,6 +50,11 @@ def make_checkpoints(directory: Path) -> Path:
                       ("slow", preset("fast", num_classes=10)),
                       ("uncond", preset("lesson", base_channels=8, num_classes=0))):
         save_checkpoint(directory / name, randomize(build_model(cfg)), cfg, ScheduleConfig("linear", 1000), "mnist")
+    # `tiny`'s autoguidance guide: loaded with it, never listed as a model of its own.
+    cfg = preset("lesson", base_channels=8, num_classes=0)
+    save_checkpoint(directory / "tiny-guide", randomize(build_model(cfg), seed=1), cfg, ScheduleConfig("linear", 1000),
+                    "mnist")
+    write_card(directory / "tiny", {**read_card(directory / "tiny"), "autoguidance": {"guide": "tiny-guide", "weight": 1.5}})
     # Not a diffusion checkpoint: must be skipped by discovery.
     (directory / "classifier-x.json").write_text('{"format": "something-else"}')
     return directory
@@ -87,8 +92,9 @@ def read_png(path: str, size: int) -> np.ndarray:
     return a[::k, ::k]
 
 
-def reverse_args(ckpt="tiny", sampler="ddim", steps=10, eta=0.0, seed=0, num=2, digit="3", guidance=2.0):
-    return (ckpt, sampler, steps, eta, seed, num, digit, guidance)
+def reverse_args(ckpt="tiny", sampler="ddim", steps=10, eta=0.0, seed=0, num=2, digit="3", guidance=2.0,
+                 autoguidance=1.0):
+    return (ckpt, sampler, steps, eta, seed, num, digit, guidance, autoguidance)
 
 
 def test_discovery_skips_non_diffusion_cards(ckpt_dir: Path) -> None:
@@ -205,6 +211,37 @@ def test_same_seed_same_images(client: Client, ckpt_dir: Path) -> None:
                    torch.full((4,), 3), g)
     from explorer.images import display
     assert np.array_equal(pa, display(x))
+
+
+def test_autoguidance_guides_any_digit_as_the_core_does(client: Client, reg, ckpt_dir: Path) -> None:
+    assert reg.guides["tiny"].name == "tiny-guide" and reg.guides["tiny"].weight == 1.5
+    assert "tiny-guide" not in reg.names and set(reg.guides) == {"tiny"}
+    def image(**kw) -> np.ndarray:
+        return np.asarray(Image.open(client.predict(*reverse_args(steps=5, seed=4, num=2, **kw),
+                                                    api_name="/reverse_sample")[0]))
+
+    got = {w: image(digit="any", autoguidance=w) for w in (1.0, 2.5)}
+    ck, guide = load_checkpoint(ckpt_dir / "tiny"), load_guide(ckpt_dir / "tiny")
+    precision = resolve_precision("auto", torch.device("cpu"))
+    model, guide_model = InferenceModel(ck.model, precision), InferenceModel(guide.model, precision)
+    from explorer.images import display
+
+    for w, served in got.items():
+        g = make_generator(4)
+        x_T = initial_noise((2, 1, 28, 28), g)
+        with torch.inference_mode():
+            x = sample(AutoGuided(model, guide_model, w), ck.schedule, x_T, SamplerConfig("ddim", 5), None, g)
+        assert np.array_equal(served, display(x)), w
+    assert not np.array_equal(got[1.0], got[2.5])
+    # A chosen digit is class-conditional sampling: autoguidance does not apply.
+    assert np.array_equal(image(digit="3", autoguidance=1.0), image(digit="3", autoguidance=2.5))
+    with pytest.raises(AppError, match="less than minimum value 1"):  # the slider refuses it
+        image(digit="any", autoguidance=0.5)
+    # Choosing a model shows the slider at its card's weight, or hides it (no guide).
+    fns = {f.api_name: f.fn for f in build_app(reg).fns.values()}
+    for api in ("reverse_model", "compare_model"):
+        assert fns[api]("tiny")[2] == {"__type__": "update", "visible": True, "value": 1.5}
+        assert fns[api]("uncond")[2] == {"__type__": "update", "visible": False, "value": 1.0}
 
 
 def test_compare_gives_both_samplers_one_x_T(client: Client) -> None:
