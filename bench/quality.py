@@ -3,7 +3,7 @@
     python bench/quality.py [--num 1000] [--ddpm-num 250] [--write-cards] [--grids assets/samples]
 
 For each MNIST checkpoint: DDIM at 10, 20 and 50 steps, unconditional (the null label) with eta 0 and
-eta 1, and guided over all ten digits (classifier-free guidance, --guidance), DDIM-50 conditional without
+eta 1, autoguided (the guide the card names, at its weight: unconditional, eta 0), and guided over all ten digits (classifier-free guidance, --guidance), DDIM-50 conditional without
 guidance (w = 1), and DDPM-1000 unconditional and guided (on --ddpm-num samples: it costs 20x
 DDIM-50), each with the real-vs-real floor at the same count; then DDPM-1000 vs DDIM-50 from the
 same x_T, per pixel.
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.checkpoints import read_card, write_card  # noqa: E402
+from diffusion_core.checkpoints import autoguidance_weight, read_card, write_card  # noqa: E402
 from diffusion_core.evaluate import EvalArgs, evaluate_samples, evaluation_key  # noqa: E402
 from diffusion_core.render import save_images, to_uint8  # noqa: E402
 
@@ -36,6 +36,8 @@ def row(name: str, r: dict, keys: tuple[str, ...]) -> str:
     what = f"{r['sampler'].upper()}-{r['steps']}" + (f", eta={r['eta']}" if r["sampler"] == "ddim" and r["eta"] else "")
     if r["labels"] is not None:  # every digit in turn: guided, or conditional without guidance at w = 1
         what += ", conditional w=1" if r["guidance"] == 1.0 else f", guided w={r['guidance']}"
+    if r.get("autoguidance"):
+        what += f", autoguided w={r['autoguidance']}"
     return "| " + " | ".join([name, what, str(r["num"])] + [str(r.get(k, "-")) for k in keys]) + " |"
 
 
@@ -79,6 +81,10 @@ def main() -> None:
         # stochastic DDIM: eta = 1 re-injects noise each step (the DDPM posterior variance of the skipped step)
         runs += [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, eta=1.0, num=a.num, seed=a.seed)
                  for n in ((10, 20, 50) if mnist else (50,))]
+        weight = autoguidance_weight(card)
+        if weight is not None:  # unconditional, guided away from the card's guide (samplers.AutoGuided)
+            runs += [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, num=a.num, seed=a.seed, autoguidance=weight)
+                     for n in (10, 20, 50)]
         if conditional:
             runs += [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, num=a.num, seed=a.seed,
                               all_labels=True, guidance=a.guidance) for n in (10, 20, 50)]
@@ -95,10 +101,10 @@ def main() -> None:
             r, x = evaluate_samples(ea)
             print(f"{name}: {evaluation_key(r)} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             out.append(r)
-            samples[(r["sampler"], r["steps"], r["eta"], r["num"], r["labels"], r["guidance"])] = x
+            samples[(r["sampler"], r["steps"], r["eta"], r["num"], r["labels"], r["guidance"], r.get("autoguidance"))] = x
         # DDPM-1000 vs DDIM-50 from the same x_T (same seed and batch size: generate draws x_T first).
-        ddpm = samples[("ddpm", 1000, 0.0, a.ddpm_num, None, None)]
-        ddim = samples[("ddim", 50, 0.0, a.ddpm_num, None, None)]
+        ddpm = samples[("ddpm", 1000, 0.0, a.ddpm_num, None, None, None)]
+        ddim = samples[("ddim", 50, 0.0, a.ddpm_num, None, None, None)]
         pixel[name] = float((ddpm - ddim).abs().mean())  # in [-1, 1] units
         results[name] = out[:-1]  # the last DDIM-50 run only served the comparison
         if a.write_cards:
@@ -107,10 +113,13 @@ def main() -> None:
             card["evaluation_ddpm1000_vs_ddim50_mean_abs_pixel"] = round(pixel[name], 4)
             write_card(path, card)
         if a.grids:
-            big = samples[("ddim", 50, 0.0, a.num, None, None)][:64]
+            big = samples[("ddim", 50, 0.0, a.num, None, None, None)][:64]
             save_images(to_uint8(big), Path(a.grids) / f"{name}-ddim50.png", nrow=8)
+            if weight is not None:  # the same x_T, autoguided
+                auto = samples[("ddim", 50, 0.0, a.num, None, None, weight)][:64]
+                save_images(to_uint8(auto), Path(a.grids) / f"{name}-ddim50-autoguided.png", nrow=8)
             if conditional:
-                guided = samples[("ddim", 50, 0.0, a.num, "all", a.guidance)][:80]  # sample i is digit i % 10: one digit per column
+                guided = samples[("ddim", 50, 0.0, a.num, "all", a.guidance, None)][:80]  # sample i is digit i % 10: one digit per column
                 save_images(to_uint8(guided), Path(a.grids) / f"{name}-guided.png", nrow=10)
 
     print_tables(results, pixel)

@@ -28,11 +28,11 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.checkpoints import load_checkpoint  # noqa: E402
+from diffusion_core.checkpoints import autoguidance_weight, load_checkpoint, load_guide  # noqa: E402
 from diffusion_core.compiled import compile_package, load_compiled, package_path  # noqa: E402
 from diffusion_core.inference import CUDAGraphModel, InferenceModel, native_bfloat16  # noqa: E402
 from diffusion_core.runtime import available_cores, select_device, set_threads  # noqa: E402
-from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample  # noqa: E402
+from diffusion_core.samplers import AutoGuided, SamplerConfig, initial_noise, make_generator, sample  # noqa: E402
 
 
 def sync() -> None:
@@ -234,6 +234,18 @@ def main() -> None:
                 except ImportError:
                     cells = "diffusers not installed | - | - | -"
                 print(f"| {sampler.upper()}-{steps}, {n} images ({pname}) | {ours:.3f} | {cells} |")
+        weight = autoguidance_weight(ckpt.card)
+        if weight is not None:  # unconditional sampling as the app runs it: the fastest path plus the eager guide
+            guide = load_guide(ROOT / "checkpoints" / name)
+            guide_gf = model_gflop(guide.model, guide.model_config)
+            guide.model.to(device)
+            guided = AutoGuided(ps[best], InferenceModel(guide.model, "bfloat16" if "bfloat16" in best else "float32"),
+                                weight)
+            plain_s = median_time(lambda: our_loop(ps[best], ckpt, "ddim", 50, 16, device), reps, 1)
+            guided_s = median_time(lambda: our_loop(guided, ckpt, "ddim", 50, 16, device), reps, 1)
+            print(f"\nautoguidance (w = {weight}, guide {guide.name}: "
+                  f"{guide_gf:.3f} GFLOP per image step, eager), DDIM-50 for 16 images on {best}: {guided_s:.3f} s "
+                  f"against {plain_s:.3f} s without ({guided_s / plain_s:.2f}x)")
         # What the loops cost around the model: the model replaced by a constant (zeros).
         zero = Zero(ckpt.model_config)
         cells = []

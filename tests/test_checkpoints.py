@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion_core.checkpoints import CheckpointError, checkpoint_paths, load_checkpoint, save_checkpoint
+from diffusion_core.checkpoints import (
+    CheckpointError,
+    autoguidance_weight,
+    checkpoint_paths,
+    discover_checkpoints,
+    load_checkpoint,
+    load_guide,
+    read_card,
+    save_checkpoint,
+    write_card,
+)
 from diffusion_core.model import build_model, preset
 from diffusion_core.schedules import ScheduleConfig
 
@@ -113,3 +123,52 @@ def test_unknown_schedule_in_card(tmp_path: Path) -> None:
     c.write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match=r"m\.json: invalid model or schedule config \(unknown schedule 'sigmoid'"):
         load_checkpoint(tmp_path / "m")
+
+
+def _save_guide(directory: Path, name: str, schedule: str = "linear", num_classes: int = 0) -> None:
+    cfg = preset("lesson", base_channels=8, num_classes=num_classes)
+    save_checkpoint(directory / name, build_model(cfg), cfg, ScheduleConfig(schedule, 1000), "mnist", {})
+
+
+def test_a_card_names_its_autoguidance_guide(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    main = _copy(tiny_checkpoint, tmp_path)
+    with pytest.raises(CheckpointError, match="names no autoguidance guide"):
+        load_guide(main)
+    assert autoguidance_weight(read_card(main)) is None
+    _save_guide(tmp_path, "tiny-guide")
+    card = read_card(main)
+    write_card(main, {**card, "autoguidance": {"guide": "tiny-guide", "weight": 1.5}})
+    assert autoguidance_weight(read_card(main)) == 1.5
+    guide = load_guide(main)
+    assert guide.name == "tiny-guide" and not guide.model_config.conditional
+    assert discover_checkpoints(tmp_path) == [main]  # the guide belongs to the model that names it
+
+
+@pytest.mark.parametrize("schedule,num_classes,message", [
+    ("cosine", 0, "same data, image format and noise schedule"),
+    ("linear", 10, "guide tiny-guide is class-conditional"),
+])
+def test_a_guide_that_does_not_fit_is_refused(tiny_checkpoint: Path, tmp_path: Path, schedule: str,
+                                              num_classes: int, message: str) -> None:
+    main = _copy(tiny_checkpoint, tmp_path)
+    _save_guide(tmp_path, "tiny-guide", schedule, num_classes)
+    write_card(main, {**read_card(main), "autoguidance": {"guide": "tiny-guide", "weight": 2.0}})
+    with pytest.raises(CheckpointError, match=message):
+        load_guide(main)
+
+
+def test_shipped_checkpoints_load_with_their_cards_and_guides() -> None:
+    """What the README promises of checkpoints/: every model loads, is small, and says how it was made."""
+    directory = Path(__file__).resolve().parents[1] / "checkpoints"
+    found = discover_checkpoints(directory)
+    assert {p.name for p in found} == {"mnist-linear", "mnist-cosine", "circles", "circles-lesson"}
+    for path in found:
+        ckpt = load_checkpoint(path)
+        weights, _ = checkpoint_paths(path)
+        assert weights.stat().st_size <= 10 * 2**20
+        for key in ("command", "seed", "versions", "hardware", "wall_time_s", "loss_log"):
+            assert ckpt.card.get(key) not in (None, "", [], {}), f"{path.name}: card lacks {key}"
+        if ckpt.dataset == "mnist":  # the MNIST models ship an autoguidance guide for unconditional sampling
+            guide = load_guide(path)
+            assert guide.card["command"] and guide.card["finished"]
+            assert autoguidance_weight(ckpt.card) >= 1.0
