@@ -147,6 +147,8 @@ def load_guide(path: str | os.PathLike[str], device: torch.device | str = "cpu")
     ag = card.get("autoguidance")
     if not isinstance(ag, dict) or not isinstance(ag.get("guide"), str):
         raise CheckpointError(f"{card_path}: names no autoguidance guide (\"autoguidance\": {{\"guide\": NAME}})")
+    if Path(ag["guide"]).name != ag["guide"] or ag["guide"] in ("", ".", ".."):
+        raise CheckpointError(f"{card_path}: the guide must be a checkpoint name in the same folder, got {ag['guide']!r}")
     guide = load_checkpoint(weights_path.parent / ag["guide"], device)
     main_cfg = ModelConfig.from_dict(card["model"])
     if (guide.dataset != card["dataset"] or guide.schedule.config != ScheduleConfig(**card["schedule"])

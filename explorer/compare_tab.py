@@ -46,8 +46,8 @@ def build(reg: Registry) -> dict:
         c_ddim = SamplerConfig(sampler="ddim", steps=as_int("DDIM steps", ddim_steps), eta=as_float("eta", eta, 0, 1),
                                guidance=g)
         # Each sampler gets its own generator seeded alike: both draw the same x_T first.
-        a = start(ckpt, c_ddpm, seed, num, digit, reg.device, guide and guide.model, autoguidance)
-        b = start(ckpt, c_ddim, seed, num, digit, reg.device, guide and guide.model, autoguidance)
+        a = start(ckpt, c_ddpm, seed, num, digit, reg.device, guide.model if guide else None, autoguidance)
+        b = start(ckpt, c_ddim, seed, num, digit, reg.device, guide.model if guide else None, autoguidance)
         rec = METRICS.start("compare", c_ddpm.steps + c_ddim.steps)
         both = interleave_by_timestep(a, b)
         x = [None, None]

@@ -63,7 +63,7 @@ def build(reg: Registry) -> dict:
         cfg = SamplerConfig(sampler=sampler, steps=as_int("steps", steps), eta=as_float("eta", eta, 0, 1),
                             guidance=as_float("guidance scale", guidance, 0, MAX_GUIDANCE))
         guide = reg.guides.get(name)
-        steps_iter = start(ckpt, cfg, seed, num, digit, reg.device, guide and guide.model, autoguidance)
+        steps_iter = start(ckpt, cfg, seed, num, digit, reg.device, guide.model if guide else None, autoguidance)
         keep = frame_indices(cfg.steps, MAX_RECORDED_FRAMES)  # bounded: the trajectory lives in gr.State
         traj: dict = {"frames": [], "stats": [], "title": f"{name} · {sampler.upper()} · {cfg.steps} steps"}
         rec = METRICS.start("reverse", cfg.steps)

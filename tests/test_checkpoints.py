@@ -144,6 +144,15 @@ def test_a_card_names_its_autoguidance_guide(tiny_checkpoint: Path, tmp_path: Pa
     assert discover_checkpoints(tmp_path) == [main]  # the guide belongs to the model that names it
 
 
+def test_a_guide_outside_the_folder_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    main = _copy(tiny_checkpoint, tmp_path / "sub")
+    _save_guide(tmp_path, "tiny-guide")  # beside the folder, not in it
+    write_card(main, {**read_card(main), "autoguidance": {"guide": "../tiny-guide", "weight": 2.0}})
+    with pytest.raises(CheckpointError, match="must be a checkpoint name in the same folder"):
+        load_guide(main)
+
+
 @pytest.mark.parametrize("schedule,num_classes,message", [
     ("cosine", 0, "same data, image format and noise schedule"),
     ("linear", 10, "guide tiny-guide is class-conditional"),
