@@ -2,11 +2,11 @@
 
     python -m diffusion_core.compiled [--checkpoints checkpoints] [--precision auto] [--cache DIR]
 
-compiles every checkpoint in a folder into a `.pt2` package (torch.export, then Inductor with its
-weights frozen into the code: 25 to 35 s per `fast` U-Net and precision on the quiet 2-core
-machine). `load_compiled` returns a `CompiledModel` with InferenceModel's call and `.cfg` when a
-package for exactly these weights, this precision, this torch, this CPU and this thread count
-exists, and None otherwise, so a caller falls back to eager.
+compiles every checkpoint in a folder (and the autoguidance guide its card names) into a `.pt2`
+package (torch.export, then Inductor with its weights frozen into the code: 25 to 35 s per `fast`
+U-Net and precision on the quiet 2-core machine). `load_compiled` returns a `CompiledModel` with
+InferenceModel's call and `.cfg` when a package for exactly these weights, this precision, this
+torch, this CPU and this thread count exists, and None otherwise, so a caller falls back to eager.
 
 Why ahead of time: `torch.compile` at start-up costs a minute or more of a 2-core machine before the
 first sample; a package compiled once is loaded in 10 ms. What it buys on CPU (bench/sampling.py):
@@ -28,7 +28,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import Checkpoint, CheckpointError, discover_checkpoints, load_checkpoint
+from .checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    autoguidance_weight,
+    discover_checkpoints,
+    load_checkpoint,
+    load_guide,
+)
 from .inference import PRECISIONS, InferenceModel, _cpu_flags, resolve_precision
 from .runtime import available_cores
 
@@ -173,20 +180,23 @@ def main(argv: list[str] | None = None) -> None:
         if args.background and os.getppid() != parent:
             sys.exit("the app that started this build has exited")
         try:
-            ckpt = load_checkpoint(p)
+            ckpts = [load_checkpoint(p)]
+            if autoguidance_weight(ckpts[0].card) is not None:  # its guide runs beside it at every step
+                ckpts.append(load_guide(p))
         except CheckpointError as e:
             print(f"{p.name}: skipped ({e})")
             continue
-        model = InferenceModel(ckpt.model, precision)
-        out = package_path(ckpt, precision, cache, threads)
-        if out.is_file() and not args.force:
-            print(f"{ckpt.name}: {out} exists")
-            continue
-        t0 = time.perf_counter()
-        compile_package(model, out, threads)
-        ok = load_compiled(ckpt, model, cache, threads) is not None
-        print(f"{ckpt.name}: {out} ({time.perf_counter() - t0:.1f} s, {out.stat().st_size / 1e6:.1f} MB, "
-              f"{'matches eager' if ok else 'DIFFERS FROM EAGER: not used'})")
+        for ckpt in ckpts:
+            model = InferenceModel(ckpt.model, precision)
+            out = package_path(ckpt, precision, cache, threads)
+            if out.is_file() and not args.force:
+                print(f"{ckpt.name}: {out} exists")
+                continue
+            t0 = time.perf_counter()
+            compile_package(model, out, threads)
+            ok = load_compiled(ckpt, model, cache, threads) is not None
+            print(f"{ckpt.name}: {out} ({time.perf_counter() - t0:.1f} s, {out.stat().st_size / 1e6:.1f} MB, "
+                  f"{'matches eager' if ok else 'DIFFERS FROM EAGER: not used'})")
 
 
 if __name__ == "__main__":

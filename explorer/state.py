@@ -56,9 +56,16 @@ def load_with_retry(path: Path, device: torch.device, retries: int = 1, wait_s: 
 class Guide:
     """A checkpoint's autoguidance guide (diffusion_core.samplers.AutoGuided), ready to run."""
 
-    name: str
-    model: torch.nn.Module  # InferenceModel (or CUDAGraphModel) at the registry's precision
+    checkpoint: Checkpoint  # .model: InferenceModel, CompiledModel or CUDAGraphModel, as for the checkpoints
     weight: float  # the w its checkpoint's card recommends
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.checkpoint.model
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,13 @@ class Registry:
     def compiled(self) -> tuple[str, ...]:
         """The checkpoints that now run from an AOTInductor package (diffusion_core.compiled)."""
         return tuple(n for n, c in self.checkpoints.items() if isinstance(c.model, CompiledModel))
+
+    def models(self) -> list[Checkpoint]:
+        """Every model the registry runs: the checkpoints, then their autoguidance guides."""
+        return list(self.checkpoints.values()) + [g.checkpoint for g in self.guides.values()]
+
+    def all_compiled(self) -> bool:
+        return all(isinstance(c.model, CompiledModel) for c in self.models())
 
     @property
     def cuda_graphs(self) -> tuple[str, ...]:
@@ -150,12 +164,14 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
             continue
         weight = autoguidance_weight(ckpt.card)
         if weight is not None:
-            try:  # the guide is small and runs eagerly (no package: it is not a checkpoint of its own)
+            try:  # the guide runs on the path its checkpoint runs on
                 guide = load_guide(path, dev)
-                model: torch.nn.Module = InferenceModel(guide.model, precision)
-                if dev.type == "cuda" and cuda_graphs:
-                    model = CUDAGraphModel(model)
-                guides[ckpt.name] = Guide(guide.name, model, weight)
+                guide.model = InferenceModel(guide.model, precision)
+                if use_compiled and dev.type == "cpu":
+                    guide.model = load_compiled(guide, guide.model) or guide.model
+                elif dev.type == "cuda" and cuda_graphs:
+                    guide.model = CUDAGraphModel(guide.model)
+                guides[ckpt.name] = Guide(guide, weight)
             except CheckpointError as e:  # the model still runs, without autoguidance
                 skipped[f"{path.name} (autoguidance guide)"] = str(e)
                 log.warning("no autoguidance for %s: %s", path, e)
@@ -178,14 +194,14 @@ def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread
     (diffusion_core.compiled.default_cache_dir), so later starts only load them. CPU only; returns
     the thread, or None when there is nothing to do.
     """
-    if reg.device.type != "cpu" or reg.directory is None or len(reg.compiled) == len(reg.checkpoints):
+    if reg.device.type != "cpu" or reg.directory is None or reg.all_compiled():
         return None
 
     def work() -> None:
         import torch._inductor  # noqa: F401  (here, not on the torch thread or before the first page)
 
         torch_thread().run(_adopt_compiled, reg)
-        if not build or len(reg.compiled) == len(reg.checkpoints):
+        if not build or reg.all_compiled():
             return
         cmd = [sys.executable, "-m", "diffusion_core.compiled", "--checkpoints", str(reg.directory),
                "--precision", reg.precision, "--threads", str(reg.threads), "--background"]
@@ -206,12 +222,12 @@ def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread
 
 def _adopt_compiled(reg: Registry) -> None:
     adopted = []
-    for name, ckpt in reg.checkpoints.items():
+    for ckpt in reg.models():  # the checkpoints and their guides
         if isinstance(ckpt.model, InferenceModel):
             compiled = load_compiled(ckpt, ckpt.model)
             if compiled is not None:
                 ckpt.model = compiled  # new runs use it; a run in progress holds the eager model
-                adopted.append(name)
+                adopted.append(ckpt.name)
     if adopted:
         print(f"* Compiled (AOTInductor), used from the next run on: {', '.join(adopted)}", flush=True)
 

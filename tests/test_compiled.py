@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import randomize
-from diffusion_core.checkpoints import load_checkpoint, save_checkpoint
+
+from diffusion_core.checkpoints import load_checkpoint, read_card, save_checkpoint, write_card
 from diffusion_core.compiled import MAX_BATCH, CompiledModel, compile_package, load_compiled, package_path
 from diffusion_core.inference import InferenceModel
 from diffusion_core.model import build_model, preset
@@ -163,18 +163,26 @@ def test_the_app_builds_missing_packages_in_the_background(tmp_path: Path, monke
     from explorer.state import compile_in_background, load_registry
 
     tiny(tmp_path / "ckpts", "tiny")
+    tiny(tmp_path / "ckpts", "tiny-guide", num_classes=0, seed=1)  # tiny's autoguidance guide: built too
+    card = read_card(tmp_path / "ckpts" / "tiny")
+    write_card(tmp_path / "ckpts" / "tiny", {**card, "autoguidance": {"guide": "tiny-guide", "weight": 2.0}})
     monkeypatch.setenv("DIFFUSION_CACHE", str(tmp_path / "cache"))  # read by the child and by this process
     reg = load_registry(tmp_path / "ckpts", device="cpu", precision="bfloat16")
     assert reg.compiled == () and isinstance(reg.get("tiny").model, InferenceModel)
-    running = start(reg.get("tiny"), SamplerConfig(sampler="ddim", steps=3), 0, 1, "any", reg.device)
+    assert isinstance(reg.guides["tiny"].model, InferenceModel)
+    running = start(reg.get("tiny"), SamplerConfig(sampler="ddim", steps=3), 0, 1, "any", reg.device,
+                    reg.guides["tiny"].model, 2.0)
     thread = compile_in_background(reg)
     thread.join(timeout=240)
     assert not thread.is_alive()
-    assert isinstance(reg.get("tiny").model, CompiledModel)
+    assert isinstance(reg.get("tiny").model, CompiledModel) and isinstance(reg.guides["tiny"].model, CompiledModel)
     assert len(list(running)) == 3  # the run that started eagerly finishes
     assert compile_in_background(reg) is None  # nothing left to build
-    # The next start: eager at first, then the package that exists, with nothing to build.
+    # The next start: eager at first, then the packages that exist, with nothing to build.
     again = load_registry(tmp_path / "ckpts", device="cpu", precision="bfloat16", compiled=False)
     assert isinstance(again.get("tiny").model, InferenceModel)
     compile_in_background(again, build=False).join(timeout=60)
-    assert isinstance(again.get("tiny").model, CompiledModel)
+    assert isinstance(again.get("tiny").model, CompiledModel) and isinstance(again.guides["tiny"].model, CompiledModel)
+    # ... and a start with packages at hand runs both from them at once.
+    third = load_registry(tmp_path / "ckpts", device="cpu", precision="bfloat16")
+    assert isinstance(third.guides["tiny"].model, CompiledModel) and compile_in_background(third) is None
