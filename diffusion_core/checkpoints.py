@@ -139,25 +139,30 @@ def autoguidance_weight(card: dict[str, Any]) -> float | None:
     return float(ag["weight"]) if isinstance(ag, dict) and "guide" in ag else None
 
 
-def load_guide(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Checkpoint:
+def load_guide(path: str | os.PathLike[str], device: torch.device | str = "cpu",
+               guide_path: str | os.PathLike[str] | None = None) -> Checkpoint:
     """The autoguidance guide that checkpoint `path`'s card names (a checkpoint in the same directory),
-    loaded and checked to share the checkpoint's dataset, image format and noise schedule."""
+    or the one at `guide_path`, loaded and checked to share the checkpoint's dataset, image format and
+    noise schedule, and to be unconditional."""
     weights_path, card_path = checkpoint_paths(path)
     card = read_card(path)
-    ag = card.get("autoguidance")
-    if not isinstance(ag, dict) or not isinstance(ag.get("guide"), str):
-        raise CheckpointError(f"{card_path}: names no autoguidance guide (\"autoguidance\": {{\"guide\": NAME}})")
-    if Path(ag["guide"]).name != ag["guide"] or ag["guide"] in ("", ".", ".."):
-        raise CheckpointError(f"{card_path}: the guide must be a checkpoint name in the same folder, got {ag['guide']!r}")
-    guide = load_checkpoint(weights_path.parent / ag["guide"], device)
+    if guide_path is None:
+        ag = card.get("autoguidance")
+        if not isinstance(ag, dict) or not isinstance(ag.get("guide"), str):
+            raise CheckpointError(f"{card_path}: names no autoguidance guide (\"autoguidance\": {{\"guide\": NAME}})")
+        if Path(ag["guide"]).name != ag["guide"] or ag["guide"] in ("", ".", ".."):
+            raise CheckpointError(f"{card_path}: the guide must be a checkpoint name in the same folder, "
+                                  f"got {ag['guide']!r}")
+        guide_path = weights_path.parent / ag["guide"]
+    guide = load_checkpoint(guide_path, device)
     main_cfg = ModelConfig.from_dict(card["model"])
     if (guide.dataset != card["dataset"] or guide.schedule.config != ScheduleConfig(**card["schedule"])
             or (guide.model_config.in_channels, guide.model_config.image_size)
             != (main_cfg.in_channels, main_cfg.image_size)):
-        raise CheckpointError(f"{card_path}: guide {ag['guide']} is not trained on the same data, image format "
+        raise CheckpointError(f"{card_path}: guide {guide.name} is not trained on the same data, image format "
                               "and noise schedule")
     if guide.model_config.conditional:
-        raise CheckpointError(f"{card_path}: guide {ag['guide']} is class-conditional; autoguidance here "
+        raise CheckpointError(f"{card_path}: guide {guide.name} is class-conditional; autoguidance here "
                               "takes an unconditional guide")
     return guide
 

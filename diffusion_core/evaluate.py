@@ -202,7 +202,7 @@ def evaluate_samples(a: EvalArgs) -> tuple[dict[str, object], torch.Tensor]:
         labels = torch.full((a.num,), a.label, dtype=torch.long)
     guide = None
     if a.autoguidance != 1.0:
-        guide = load_checkpoint(a.guide, device) if a.guide else load_guide(a.checkpoint, device)
+        guide = load_guide(a.checkpoint, device, a.guide)
     precision = resolve_precision(a.precision, device)
     t0 = time.perf_counter()
     x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision, a.compiled, guide, a.autoguidance)

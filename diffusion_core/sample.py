@@ -81,8 +81,6 @@ def generate(
     if autoguidance != 1.0:
         if guide is None:
             raise ValueError("autoguidance needs a guide: this checkpoint's card names none")
-        if labels is not None:
-            raise ValueError("autoguidance guides unconditional sampling only: leave out the labels")
         model = AutoGuided(model, InferenceModel(guide.model, precision), autoguidance)
     out = []
     for k, start in enumerate(range(0, num, batch_size)):
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         precision = resolve_precision(a.precision, device)
         guide = None
         if a.autoguidance != 1.0:
-            guide = load_checkpoint(a.guide, device) if a.guide else load_guide(a.checkpoint, device)
+            guide = load_guide(a.checkpoint, device, a.guide)
         x = generate(ckpt, cfg, a.num, a.seed, labels, device, a.batch_size, precision, a.compiled, guide,
                      a.autoguidance)
     except (ValueError, CheckpointError) as e:

@@ -123,16 +123,20 @@ def labels_for(ckpt: Checkpoint, digit: str | None, num: int) -> torch.Tensor | 
     return torch.full((num,), d, dtype=torch.long)
 
 
-def autoguidance_slider(reg: Registry, name: str) -> gr.Slider:
-    """The autoguidance weight for digit "any", shown for a checkpoint with a guide (at its card's w)."""
+def _autoguidance(reg: Registry, name: str) -> dict:
+    """Checkpoint `name`'s autoguidance slider: shown at its card's w with a guide, else hidden at 1 (off)."""
     guide = reg.guides.get(name)
-    return gr.Slider(1, MAX_AUTOGUIDANCE, value=guide.weight if guide else 1.0, step=0.25, visible=guide is not None,
-                     label="Autoguidance w (digit 'any'; 1 = off)")
+    return {"visible": guide is not None, "value": guide.weight if guide else 1.0}
+
+
+def autoguidance_slider(reg: Registry, name: str) -> gr.Slider:
+    """The autoguidance weight for digit "any"."""
+    return gr.Slider(1, MAX_AUTOGUIDANCE, step=0.25, label="Autoguidance w (digit 'any'; 1 = off)",
+                     **_autoguidance(reg, name))
 
 
 def autoguidance_update(reg: Registry, name: str) -> dict:
-    guide = reg.guides.get(name)
-    return gr.update(visible=guide is not None, value=guide.weight if guide else 1.0)
+    return gr.update(**_autoguidance(reg, name))
 
 
 def check_num(num: object) -> int:

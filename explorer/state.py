@@ -149,15 +149,19 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
     threads = set_threads()
     precision = resolve_precision(precision or os.environ.get("EXPLORER_PRECISION", "auto"), dev)
     loaded, skipped, guides = {}, {}, {}
+
+    def ready(ckpt: Checkpoint) -> Checkpoint:
+        """ckpt with .model on the execution path: the package where one exists (CPU), else CUDA graphs or eager."""
+        ckpt.model = InferenceModel(ckpt.model, precision)
+        if use_compiled and dev.type == "cpu":
+            ckpt.model = load_compiled(ckpt, ckpt.model) or ckpt.model
+        elif dev.type == "cuda" and cuda_graphs:  # one launch per model call
+            ckpt.model = CUDAGraphModel(ckpt.model)
+        return ckpt
+
     for path in discover_checkpoints(directory):
         try:
-            ckpt = load_with_retry(path, dev)
-            ckpt.model = InferenceModel(ckpt.model, precision)
-            if use_compiled and dev.type == "cpu":
-                ckpt.model = load_compiled(ckpt, ckpt.model) or ckpt.model
-            elif dev.type == "cuda" and cuda_graphs:  # one launch per model call
-                ckpt.model = CUDAGraphModel(ckpt.model)
-            loaded[ckpt.name] = ckpt
+            ckpt = loaded[path.name] = ready(load_with_retry(path, dev))
         except CheckpointError as e:
             skipped[path.name] = str(e)
             log.warning("skipping checkpoint %s: %s", path, e)
@@ -165,13 +169,7 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
         weight = autoguidance_weight(ckpt.card)
         if weight is not None:
             try:  # the guide runs on the path its checkpoint runs on
-                guide = load_guide(path, dev)
-                guide.model = InferenceModel(guide.model, precision)
-                if use_compiled and dev.type == "cpu":
-                    guide.model = load_compiled(guide, guide.model) or guide.model
-                elif dev.type == "cuda" and cuda_graphs:
-                    guide.model = CUDAGraphModel(guide.model)
-                guides[ckpt.name] = Guide(guide, weight)
+                guides[ckpt.name] = Guide(ready(load_guide(path, dev)), weight)
             except CheckpointError as e:  # the model still runs, without autoguidance
                 skipped[f"{path.name} (autoguidance guide)"] = str(e)
                 log.warning("no autoguidance for %s: %s", path, e)
