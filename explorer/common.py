@@ -112,7 +112,7 @@ def labels_for(ckpt: Checkpoint, digit: str | None, num: int) -> torch.Tensor | 
 
     A digit for an unconditional model is refused (the UI hides the choice and resets it to "any").
     """
-    if digit in (None, "", ANY_DIGIT):
+    if _is_any(digit):
         return None
     if ckpt.model_config.num_classes == 0:
         raise ValueError(f"checkpoint {ckpt.name!r} is unconditional: it cannot be asked for digit {digit!r} "
@@ -123,20 +123,55 @@ def labels_for(ckpt: Checkpoint, digit: str | None, num: int) -> torch.Tensor | 
     return torch.full((num,), d, dtype=torch.long)
 
 
-def _autoguidance(reg: Registry, name: str) -> dict:
-    """Checkpoint `name`'s autoguidance slider: shown at its card's w with a guide, else hidden at 1 (off)."""
+def _is_any(digit: str | None) -> bool:
+    return digit in (None, "", ANY_DIGIT)
+
+
+def _autoguidance(reg: Registry, name: str, digit: str | None = ANY_DIGIT) -> dict:
+    """Checkpoint `name`'s autoguidance slider at its card's w: shown with a guide and digit "any", else hidden."""
     guide = reg.guides.get(name)
-    return {"visible": guide is not None, "value": guide.weight if guide else 1.0}
+    return {"visible": guide is not None and _is_any(digit), "value": guide.weight if guide else 1.0}
 
 
-def autoguidance_slider(reg: Registry, name: str) -> gr.Slider:
-    """The autoguidance weight for digit "any"."""
+def autoguidance_slider(reg: Registry, name: str, digit: str) -> gr.Slider:
+    """The autoguidance weight, for digit "any" (unconditional sampling)."""
     return gr.Slider(1, MAX_AUTOGUIDANCE, step=0.25, label="Autoguidance w (digit 'any'; 1 = off)",
-                     **_autoguidance(reg, name))
+                     **_autoguidance(reg, name, digit))
 
 
-def autoguidance_update(reg: Registry, name: str) -> dict:
-    return gr.update(**_autoguidance(reg, name))
+def guidance_slider(conditional: bool, digit: str) -> gr.Slider:
+    """The classifier-free guidance scale, for a chosen digit of a class-conditional model."""
+    return gr.Slider(0, MAX_GUIDANCE, value=2, step=0.5, label="Guidance scale w (chosen digit)",
+                     visible=conditional and not _is_any(digit))
+
+
+def default_digit(conditional: bool) -> str:
+    return "3" if conditional else ANY_DIGIT
+
+
+def digit_dropdown(conditional: bool) -> gr.Dropdown:
+    return gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value=default_digit(conditional),
+                       label="Digit (class-conditional models)", visible=conditional,
+                       info="'any': unconditional sampling, with autoguidance where the model has a guide")
+
+
+def on_model_controls(reg: Registry, name: str, digit: str | None) -> tuple[dict, dict, dict]:
+    """(digit, guidance, autoguidance) updates on choosing checkpoint `name`: a class-conditional model keeps
+    the digit and shows the guidance scale for a chosen digit; an unconditional one gets digit "any" (it has
+    no labels); the autoguidance slider shows for a model with a guide and digit "any", at its card's w."""
+    conditional = reg.get(name).model_config.num_classes > 0
+    if not conditional:
+        digit = ANY_DIGIT
+    return (gr.update(visible=conditional) if conditional else gr.update(visible=False, value=ANY_DIGIT),
+            gr.update(visible=conditional and not _is_any(digit)), gr.update(**_autoguidance(reg, name, digit)))
+
+
+def on_digit_controls(reg: Registry, name: str, digit: str | None) -> tuple[dict, dict]:
+    """(guidance, autoguidance) visibility on choosing a digit: the guidance scale acts on a chosen digit,
+    autoguidance on "any"; the sliders keep their values."""
+    conditional = reg.get(name).model_config.num_classes > 0
+    return (gr.update(visible=conditional and not _is_any(digit)),
+            gr.update(visible=name in reg.guides and _is_any(digit)))
 
 
 def check_num(num: object) -> int:

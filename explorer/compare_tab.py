@@ -9,8 +9,9 @@ import gradio as gr
 from diffusion_core.explain import interleave_by_timestep
 from diffusion_core.samplers import SamplerConfig
 
-from .common import (ANY_DIGIT, GPU, LIGHT, MAX_GUIDANCE, MIN_FRAME_INTERVAL_S, SAMPLING, as_float, as_int,
-                     autoguidance_slider, autoguidance_update, friendly, md, start, timestep)
+from .common import (GPU, LIGHT, MAX_GUIDANCE, MIN_FRAME_INTERVAL_S, SAMPLING, as_float, as_int, autoguidance_slider,
+                     default_digit, digit_dropdown, friendly, guidance_slider, md, on_digit_controls,
+                     on_model_controls, start, timestep)
 from .images import display
 from .state import METRICS, Registry
 
@@ -82,10 +83,9 @@ def build(reg: Registry) -> dict:
     with gr.Row():
         seed = gr.Number(0, precision=0, minimum=0, label="Seed (one x_T for both)")
         num = gr.Slider(1, 16, value=4, step=1, label="Number of images")
-        digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value="3" if cond else ANY_DIGIT,
-                            label="Digit (class-conditional models)", visible=cond)
-        guidance = gr.Slider(0, 8, value=2, step=0.5, label="Guidance scale w", visible=cond)
-        autoguidance = autoguidance_slider(reg, names[0])
+        digit = digit_dropdown(cond)
+        guidance = guidance_slider(cond, default_digit(cond))
+        autoguidance = autoguidance_slider(reg, names[0], default_digit(cond))
     with gr.Row():
         go = gr.Button("▶ Run both", variant="primary", elem_id="compare-play")
         stop = gr.Button("■ Stop", variant="stop")
@@ -103,10 +103,8 @@ def build(reg: Registry) -> dict:
     ev = go.click(GPU(friendly(run)), [ckpt, ddpm_steps, ddim_steps, eta, seed, num, digit, guidance, autoguidance],
                   [a_img, b_img, a_md, b_md, d_img, d_md], api_name="compare", show_progress="minimal", **SAMPLING)
     stop.click(None, None, None, cancels=[ev], api_name="compare_stop", **LIGHT)
-    def on_model(name: str):
-        c = reg.get(name).model_config.num_classes > 0
-        return (gr.update(visible=c) if c else gr.update(visible=False, value=ANY_DIGIT), gr.update(visible=c),
-                autoguidance_update(reg, name))
-
-    ckpt.input(friendly(on_model), ckpt, [digit, guidance, autoguidance], api_name="compare_model", **LIGHT)
+    ckpt.input(friendly(lambda name, d: on_model_controls(reg, name, d)), [ckpt, digit], [digit, guidance, autoguidance],
+               api_name="compare_model", **LIGHT)
+    digit.input(friendly(lambda name, d: on_digit_controls(reg, name, d)), [ckpt, digit], [guidance, autoguidance],
+                api_name="compare_digit", **LIGHT)
     return {}

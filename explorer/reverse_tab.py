@@ -11,8 +11,9 @@ from diffusion_core.explain import frame_indices, step_stats
 from diffusion_core.samplers import SamplerConfig
 
 from . import figures
-from .common import (ANY_DIGIT, GPU, LIGHT, MAX_GUIDANCE, MAX_RECORDED_FRAMES, MIN_FRAME_INTERVAL_S, SAMPLING,
-                     as_float, as_int, autoguidance_slider, autoguidance_update, friendly, md, start, timestep)
+from .common import (GPU, LIGHT, MAX_GUIDANCE, MAX_RECORDED_FRAMES, MIN_FRAME_INTERVAL_S, SAMPLING, as_float, as_int,
+                     autoguidance_slider, default_digit, digit_dropdown, friendly, guidance_slider, md,
+                     on_digit_controls, on_model_controls, start, timestep)
 from .images import display_grid, raw_grid, write_gif
 from .state import METRICS, Registry
 
@@ -119,13 +120,6 @@ def build(reg: Registry) -> dict:
         f = frames[k]
         return display_grid(f[4]), display_grid(f[5]), status(*f[:4], f" · recorded frame {k + 1}/{len(frames)}")
 
-    def on_model(name: str):
-        """Show digit and guidance for conditional models; an unconditional one gets digit "any" (it has no labels).
-        Autoguidance shows for a model with a guide, at the weight its card recommends."""
-        c = conditional(name)
-        return (gr.update(visible=c) if c else gr.update(visible=False, value=ANY_DIGIT), gr.update(visible=c),
-                autoguidance_update(reg, name))
-
     def on_sampler(sampler: str):
         return gr.update(value=1000 if sampler == "ddpm" else 50), gr.update(interactive=sampler == "ddim")
 
@@ -140,10 +134,9 @@ def build(reg: Registry) -> dict:
         seed = gr.Number(0, precision=0, minimum=0, label="Seed (x_T and every draw)")
         num = gr.Slider(1, 16, value=4, step=1, label="Number of images")
         cond = conditional(names[0])
-        digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value="3" if cond else ANY_DIGIT,
-                            label="Digit (class-conditional models)", visible=cond)
-        guidance = gr.Slider(0, 8, value=2, step=0.5, label="Guidance scale w", visible=cond)
-        autoguidance = autoguidance_slider(reg, names[0])
+        digit = digit_dropdown(cond)
+        guidance = guidance_slider(cond, default_digit(cond))
+        autoguidance = autoguidance_slider(reg, names[0], default_digit(cond))
     with gr.Row():
         play = gr.Button("▶ Play", variant="primary", elem_id="reverse-play")
         stop = gr.Button("■ Stop", variant="stop", elem_id="reverse-stop")
@@ -170,6 +163,9 @@ def build(reg: Registry) -> dict:
         friendly(stopped), [traj], outs, api_name="reverse_stop", **LIGHT)
     scrub.input(friendly(show_frame), [traj, scrub], [xt, x0, info], api_name="reverse_scrub",
                 trigger_mode="always_last", show_progress="hidden", **LIGHT)
-    ckpt.input(friendly(on_model), ckpt, [digit, guidance, autoguidance], api_name="reverse_model", **LIGHT)
+    ckpt.input(friendly(lambda name, d: on_model_controls(reg, name, d)), [ckpt, digit], [digit, guidance, autoguidance],
+               api_name="reverse_model", **LIGHT)
+    digit.input(friendly(lambda name, d: on_digit_controls(reg, name, d)), [ckpt, digit], [guidance, autoguidance],
+                api_name="reverse_digit", **LIGHT)
     sampler.input(on_sampler, sampler, [steps, eta], api_name="reverse_sampler", **LIGHT)
     return {}

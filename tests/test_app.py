@@ -237,11 +237,17 @@ def test_autoguidance_guides_any_digit_as_the_core_does(client: Client, reg, ckp
     assert np.array_equal(image(digit="3", autoguidance=1.0), image(digit="3", autoguidance=2.5))
     with pytest.raises(AppError, match="less than minimum value 1"):  # the slider refuses it
         image(digit="any", autoguidance=0.5)
-    # Choosing a model shows the slider at its card's weight, or hides it (no guide).
+    # Choosing a model sets the slider to its card's weight; it shows only with a guide and digit "any",
+    # and the classifier-free guidance scale only for a chosen digit. Choosing a digit swaps the two.
     fns = {f.api_name: f.fn for f in build_app(reg).fns.values()}
-    for api in ("reverse_model", "compare_model"):
-        assert fns[api]("tiny")[2] == {"__type__": "update", "visible": True, "value": 1.5}
-        assert fns[api]("uncond")[2] == {"__type__": "update", "visible": False, "value": 1.0}
+    hidden, shown = {"__type__": "update", "visible": False}, {"__type__": "update", "visible": True}
+    for tab in ("reverse", "compare"):
+        on_model, on_digit = fns[f"{tab}_model"], fns[f"{tab}_digit"]
+        assert on_model("tiny", "any") == (shown, hidden, shown | {"value": 1.5})
+        assert on_model("tiny", "3") == (shown, shown, hidden | {"value": 1.5})
+        assert on_model("uncond", "3") == (hidden | {"value": "any"}, hidden, hidden | {"value": 1.0})
+        assert on_digit("tiny", "any") == (hidden, shown) and on_digit("tiny", "7") == (shown, hidden)
+        assert on_digit("uncond", "any") == (hidden, hidden)
 
 
 def test_compare_gives_both_samplers_one_x_T(client: Client) -> None:

@@ -43,6 +43,12 @@ def wait_for_change(page, selector: str, old: str | None, timeout_s: float = 30)
     raise AssertionError(f"{selector} did not change within {timeout_s} s")
 
 
+def shown(page, text: str) -> bool:
+    """Whether a visible element (of the open tab) shows exactly `text`, e.g. a control's label."""
+    loc = page.get_by_text(text, exact=True)
+    return any(loc.nth(i).is_visible() for i in range(loc.count()))
+
+
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
     page.wait_for_timeout(300)
@@ -79,6 +85,14 @@ def tour(page, url: str, out: Path, sampler: str = "ddpm", compare_ddpm_steps: i
     page.screenshot(path=str(out / "1-forward.png"), full_page=True)
     # 2. Reverse: Play streams frames; Stop ends the run.
     open_tab(page, "2 · Reverse process")
+    digit = page.get_by_label("Digit (class-conditional models)").first
+    if digit.is_visible():  # a chosen digit shows the guidance scale; "any" swaps it for autoguidance (with a guide)
+        seen["guidance_shown_for_digit"] = shown(page, "Guidance scale w (chosen digit)")
+        digit.click()
+        page.get_by_role("option", name="any", exact=True).click()
+        page.wait_for_timeout(800)
+        seen["guidance_shown_for_any"] = shown(page, "Guidance scale w (chosen digit)")
+        seen["autoguidance_shown_for_any"] = shown(page, "Autoguidance w (digit 'any'; 1 = off)")
     page.get_by_label(sampler).first.check()
     page.wait_for_timeout(500)
     page.locator("#reverse-play").click()
@@ -130,5 +144,8 @@ def test_browser_tour(url: str) -> None:
         finally:
             browser.close()
     assert "stopped" in seen["status_after_stop"] and "step 1000 / 1000" not in seen["status_after_stop"]
+    # The first checkpoint ("slow") is class-conditional without a guide: "any" hides the guidance scale.
+    assert seen["guidance_shown_for_digit"] and not seen["guidance_shown_for_any"]
+    assert not seen["autoguidance_shown_for_any"]
     for name in ("1-forward", "2-reverse", "3-compare", "4-schedules"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000

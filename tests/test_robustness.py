@@ -222,9 +222,9 @@ def test_api_only_mistakes_are_clear(url: str, tmp_path: Path) -> None:
 
 
 def test_switching_to_an_unconditional_model_resets_the_digit(session: Client) -> None:
-    digit, _, autoguidance = session.predict("uncond", api_name="/reverse_model")
+    digit, _, autoguidance = session.predict("uncond", "3", api_name="/reverse_model")
     assert digit["value"] == "any" and digit["visible"] is False and autoguidance["visible"] is False
-    digit, _, autoguidance = session.predict("tiny", api_name="/reverse_model")
+    digit, _, autoguidance = session.predict("tiny", "any", api_name="/reverse_model")
     assert digit["visible"] is True and autoguidance["visible"] is True  # tiny has a guide
     out = session.predict(*R("uncond", digit="any", num=1, steps=3), api_name="/reverse_sample")
     assert "step 3 / 3" in out[2]
