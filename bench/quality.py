@@ -36,7 +36,7 @@ def row(name: str, r: dict, keys: tuple[str, ...]) -> str:
     what = f"{r['sampler'].upper()}-{r['steps']}" + (f", eta={r['eta']}" if r["sampler"] == "ddim" and r["eta"] else "")
     if r["labels"] is not None:  # every digit in turn: guided, or conditional without guidance at w = 1
         what += ", conditional w=1" if r["guidance"] == 1.0 else f", guided w={r['guidance']}"
-    if r.get("autoguidance"):
+    if r.get("guide"):
         what += f", autoguided w={r['autoguidance']}"
     return "| " + " | ".join([name, what, str(r["num"])] + [str(r.get(k, "-")) for k in keys]) + " |"
 

@@ -176,7 +176,7 @@ class EvalArgs:
     label: int | None = None  # generate only this class (conditional models)
     all_labels: bool = False  # generate every class in equal numbers (conditional models)
     guidance: float = 1.0  # classifier-free guidance scale for labelled sampling
-    autoguidance: float = 1.0  # autoguidance weight w >= 1 for unconditional sampling (1: off), with the card's guide
+    autoguidance: float = 1.0  # autoguidance weight w for unconditional sampling (1: off; 0: the guide alone)
     guide: str | None = None  # with --autoguidance: this guide checkpoint instead of the one the card names
     batch_size: int = 250  # sampling batch
     classifier: str = "checkpoints/classifier-mnist"  # the shipped digit classifier
@@ -244,7 +244,7 @@ def evaluate(a: EvalArgs) -> dict[str, object]:
 def evaluation_key(r: dict[str, object]) -> str:
     """The key a result is filed under in the card, e.g. 'ddim-50 eta=0 uncond'."""
     cond = "uncond" if r["labels"] is None else f"labels={r['labels']} w={r['guidance']}"
-    if r.get("autoguidance"):
+    if r.get("guide"):  # w = 0 (the guide alone) is falsy: test the guide's name
         cond += f" autoguided w={r['autoguidance']} by {r['guide']}"
     return (f"{r['sampler']}-{r['steps']} eta={r['eta']} {r['spacing']} clip={r['clip_x0']} {cond} n={r['num']} "
             f"{r['precision']}{' compiled' if r.get('compiled') else ''} seed={r['seed']}")

@@ -38,7 +38,7 @@ class SampleArgs:
     seed: int = 0  # seeds x_T and every draw
     label: int | None = None  # class to generate (conditional models only); default: unconditional
     guidance: float = 1.0  # classifier-free guidance scale (with --label)
-    autoguidance: float = 1.0  # autoguidance weight w >= 1 without --label (1: off), with the guide the card names
+    autoguidance: float = 1.0  # autoguidance weight w without --label (1: off; 0: the guide alone), with the card's guide
     guide: str | None = None  # with --autoguidance: this guide checkpoint instead of the card's
     batch_size: int = 256  # images per batch (the output depends on it)
     device: DeviceName = "auto"  # auto = CUDA, then MPS, then CPU
@@ -65,7 +65,7 @@ def generate(
 
     :param precision: "float32" or "bfloat16" (see inference.py); "auto" picks for the device.
     :param compiled: run the checkpoint's AOTInductor package (diffusion_core.compiled); raises if there is none.
-    :param guide: with autoguidance w > 1, the guide (checkpoints.load_guide) that unconditional
+    :param guide: with autoguidance w != 1, the guide (checkpoints.load_guide) that unconditional
         samples are guided away from (samplers.AutoGuided); it runs eagerly at the same precision.
     """
     if num < 1:

@@ -262,16 +262,18 @@ class AutoGuided(torch.nn.Module):
     the same data and noise schedule: D_w(x; t) = w D_1(x; t) + (1 - w) D_0(x; t). At fixed x_t and t
     the denoiser x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) is affine in eps, so in eps:
         eps_w(x_t, t) = eps_0(x_t, t) + w (eps_1(x_t, t) - eps_0(x_t, t)),
-    and every sampler runs unchanged on this eps model. w = 1 is the model alone (the guide is not called).
-    Unlike classifier-free guidance it needs no label: it guides unconditional sampling (our guides are
+    and every sampler runs unchanged on this eps model. w = 1 is the model alone (the guide is not called),
+    w > 1 guides; w = 0 is the guide alone (the model is not called) and 0 < w < 1 interpolates towards
+    it, which is how the app shows a visitor what the guide gets wrong. Unlike classifier-free guidance it needs no label: it guides unconditional sampling (our guides are
     trained without labels, so labelled calls raise). `model(x, t, None)` runs a class-conditional model
     on its null label.
     """
 
     def __init__(self, model: torch.nn.Module, guide: torch.nn.Module, weight: float) -> None:
         super().__init__()
-        if not math.isfinite(weight) or weight < 1.0:
-            raise ValueError(f"the autoguidance weight w must be >= 1 (1 = off), got {weight}")
+        if not math.isfinite(weight) or weight < 0.0:
+            raise ValueError(f"the autoguidance weight w must be a finite number >= 0 (0 = the guide alone, "
+                             f"1 = the model alone), got {weight}")
         self.model, self.guide, self.weight = model, guide, weight
         self.cfg = getattr(model, "cfg", None)
 
@@ -280,6 +282,8 @@ class AutoGuided(torch.nn.Module):
         if y is not None:
             raise ValueError("autoguidance guides unconditional sampling only (the guide takes no label); "
                              "for a chosen digit use classifier-free guidance")
+        if self.weight == 0.0:
+            return self.guide(x, t, None)
         eps_1 = self.model(x, t, None)
         if self.weight == 1.0:
             return eps_1

@@ -38,6 +38,7 @@ MIN_FRAME_INTERVAL_S = 1 / 10
 MAX_RECORDED_FRAMES = 100  # frames of a trajectory kept for the scrub slider and the GIF
 MAX_GUIDANCE = 8.0  # the guidance slider's upper end
 MAX_AUTOGUIDANCE = 4.0  # the autoguidance slider's upper end
+AUTOGUIDANCE_LABEL = "Autoguidance w (0 = the guide alone, 1 = the model alone)"
 
 
 def timestep(t: int) -> str:
@@ -135,7 +136,7 @@ def _autoguidance(reg: Registry, name: str, digit: str | None = ANY_DIGIT) -> di
 
 def autoguidance_slider(reg: Registry, name: str, digit: str) -> gr.Slider:
     """The autoguidance weight, for digit "any" (unconditional sampling)."""
-    return gr.Slider(1, MAX_AUTOGUIDANCE, step=0.25, label="Autoguidance w (digit 'any'; 1 = off)",
+    return gr.Slider(0, MAX_AUTOGUIDANCE, step=0.25, label=AUTOGUIDANCE_LABEL,
                      **_autoguidance(reg, name, digit))
 
 
@@ -188,11 +189,12 @@ def start(
     """A sampler generator from seed: x_T = initial_noise(make_generator(seed)), later draws from the same generator.
 
     The same seed gives every sampler (and `diffusion_core.sample`) the same x_T. With a `guide` and
-    autoguidance w > 1, unconditional samples (digit "any") are autoguided; a chosen digit is not.
+    autoguidance w != 1, unconditional samples (digit "any") are autoguided (w = 0: the guide's own samples);
+    a chosen digit is not.
     """
     config.check_steps(ckpt.schedule.num_timesteps)
     n = check_num(num)
-    w = as_float("autoguidance weight", autoguidance, 1, MAX_AUTOGUIDANCE)
+    w = as_float("autoguidance weight", autoguidance, 0, MAX_AUTOGUIDANCE)
     g = make_generator(as_int("seed", seed))
     y = labels_for(ckpt, digit, n)
     c, s = ckpt.model_config.in_channels, ckpt.model_config.image_size

@@ -33,7 +33,7 @@ $\hat\varepsilon = \varepsilon_\theta(x_t, \varnothing) + w\,\big(\varepsilon_\t
 With digit *any*, **autoguidance** (Karras et al. 2024) pushes the prediction away from a guide, a smaller
 and briefly trained version of the same model, whose mistakes are exaggerated versions of the model's own:
 $\hat\varepsilon = \varepsilon_{\text{guide}}(x_t) + w_{\text{auto}}\,\big(\varepsilon_\theta(x_t) - \varepsilon_{\text{guide}}(x_t)\big)$
-($w_{\text{auto}} = 1$: the model alone).
+($w_{\text{auto}} = 1$: the model alone; $w_{\text{auto}} = 0$: the guide alone, to see the mistakes it pushes away from).
 """
 
 

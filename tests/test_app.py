@@ -220,7 +220,7 @@ def test_autoguidance_guides_any_digit_as_the_core_does(client: Client, reg, ckp
         return np.asarray(Image.open(client.predict(*reverse_args(steps=5, seed=4, num=2, **kw),
                                                     api_name="/reverse_sample")[0]))
 
-    got = {w: image(digit="any", autoguidance=w) for w in (1.0, 2.5)}
+    got = {w: image(digit="any", autoguidance=w) for w in (0.0, 1.0, 2.5)}
     ck, guide = load_checkpoint(ckpt_dir / "tiny"), load_guide(ckpt_dir / "tiny")
     precision = resolve_precision("auto", torch.device("cpu"))
     model, guide_model = InferenceModel(ck.model, precision), InferenceModel(guide.model, precision)
@@ -233,10 +233,14 @@ def test_autoguidance_guides_any_digit_as_the_core_does(client: Client, reg, ckp
             x = sample(AutoGuided(model, guide_model, w), ck.schedule, x_T, SamplerConfig("ddim", 5), None, g)
         assert np.array_equal(served, display(x)), w
     assert not np.array_equal(got[1.0], got[2.5])
+    g = make_generator(4)
+    x_T = initial_noise((2, 1, 28, 28), g)
+    with torch.inference_mode():  # w = 0 shows the guide's own samples
+        assert np.array_equal(got[0.0], display(sample(guide_model, ck.schedule, x_T, SamplerConfig("ddim", 5), None, g)))
     # A chosen digit is class-conditional sampling: autoguidance does not apply.
     assert np.array_equal(image(digit="3", autoguidance=1.0), image(digit="3", autoguidance=2.5))
-    with pytest.raises(AppError, match="less than minimum value 1"):  # the slider refuses it
-        image(digit="any", autoguidance=0.5)
+    with pytest.raises(AppError, match="less than minimum value 0"):  # the slider refuses it
+        image(digit="any", autoguidance=-0.5)
     # Choosing a model sets the slider to its card's weight; it shows only with a guide and digit "any",
     # and the classifier-free guidance scale only for a chosen digit. Choosing a digit swaps the two.
     fns = {f.api_name: f.fn for f in build_app(reg).fns.values()}

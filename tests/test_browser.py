@@ -22,6 +22,7 @@ sync_api = pytest.importorskip("playwright.sync_api") if not os.environ.get("CI"
     "playwright.sync_api", fromlist=["sync_playwright"])
 
 from explorer import build_app, launch_kwargs  # noqa: E402
+from explorer.common import AUTOGUIDANCE_LABEL  # noqa: E402
 from explorer.state import load_registry  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -92,7 +93,7 @@ def tour(page, url: str, out: Path, sampler: str = "ddpm", compare_ddpm_steps: i
         page.get_by_role("option", name="any", exact=True).click()
         page.wait_for_timeout(800)
         seen["guidance_shown_for_any"] = shown(page, "Guidance scale w (chosen digit)")
-        seen["autoguidance_shown_for_any"] = shown(page, "Autoguidance w (digit 'any'; 1 = off)")
+        seen["autoguidance_shown_for_any"] = shown(page, AUTOGUIDANCE_LABEL)
     page.get_by_label(sampler).first.check()
     page.wait_for_timeout(500)
     page.locator("#reverse-play").click()

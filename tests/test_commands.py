@@ -108,6 +108,8 @@ def test_autoguidance_from_the_command_lines(tiny_checkpoint: Path, tmp_path: Pa
                          "--autoguidance", "2").stdout)
     assert out["autoguidance"] == 2.0 and out["guide"] == "tiny-guide" and out["labels"] is None
     assert "autoguided w=2.0 by tiny-guide" in evaluation_key(out)
+    # w = 0 (the guide alone) is filed under its own key, not as the plain model's result.
+    assert "autoguided w=0.0 by tiny-guide" in evaluation_key({**out, "autoguidance": 0.0})
 
 
 # --- the metrics themselves ----------------------------------------------------------------

@@ -349,9 +349,14 @@ def test_autoguidance_in_eps_is_karras_extrapolation_of_the_denoiser(name: str) 
     calls = guide.calls
     torch.testing.assert_close(AutoGuided(model, guide, 1.0)(x, t), model(x, t))
     assert guide.calls == calls  # w = 1 is the model alone: the guide is not run
+    calls = model.calls
+    torch.testing.assert_close(AutoGuided(model, guide, 0.0)(x, t), guide(x, t))
+    assert model.calls == calls  # w = 0 is the guide alone: the model is not run
+    eps_half = AutoGuided(model, guide, 0.5)(x, t)  # 0 < w < 1: between the two
+    torch.testing.assert_close(denoise(eps_half), 0.5 * denoise(model(x, t)) + 0.5 * denoise(guide(x, t)))
 
 
-def test_autoguidance_moves_samples_and_refuses_labels_and_weights_below_one() -> None:
+def test_autoguidance_moves_samples_and_refuses_labels_and_negative_weights() -> None:
     sched = make_schedule("linear", 100)
     x_T = initial_noise(SHAPE, make_generator(0))
     cfg = SamplerConfig("ddim", 10)
@@ -361,8 +366,8 @@ def test_autoguidance_moves_samples_and_refuses_labels_and_weights_below_one() -
     assert (guided - plain).abs().max() > 1e-3
     with pytest.raises(ValueError, match="unconditional sampling only"):
         AutoGuided(CondModel(), Counted(0.3), 2.0)(x_T, torch.zeros(4, dtype=torch.long), torch.tensor([1, 2, 3, 4]))
-    for w in (0.5, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="weight w must be >= 1"):
+    for w in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight w must be a finite number >= 0"):
             AutoGuided(Counted(0.8), Counted(0.3), w)
 
 
