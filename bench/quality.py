@@ -38,6 +38,8 @@ def row(name: str, r: dict, keys: tuple[str, ...]) -> str:
         what += ", conditional w=1" if r["guidance"] == 1.0 else f", guided w={r['guidance']}"
     if r.get("guide"):
         what += f", autoguided w={r['autoguidance']}"
+    if r.get("seed"):
+        what += f", seed {r['seed']}"
     return "| " + " | ".join([name, what, str(r["num"])] + [str(r.get(k, "-")) for k in keys]) + " |"
 
 
@@ -85,6 +87,9 @@ def main() -> None:
         if weight is not None:  # unconditional, guided away from the card's guide (samplers.AutoGuided)
             runs += [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, num=a.num, seed=a.seed, autoguidance=weight)
                      for n in (10, 20, 50)]
+            # both: the stochastic sampler corrects the class balance, the guide the confidence (session 13)
+            runs.append(EvalArgs(checkpoint=str(path), sampler="ddim", steps=50, eta=1.0, num=a.num, seed=a.seed,
+                                 autoguidance=weight))
         if conditional:
             runs += [EvalArgs(checkpoint=str(path), sampler="ddim", steps=n, num=a.num, seed=a.seed,
                               all_labels=True, guidance=a.guidance) for n in (10, 20, 50)]
