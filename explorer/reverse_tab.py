@@ -34,6 +34,8 @@ With digit *any*, **autoguidance** (Karras et al. 2024) pushes the prediction aw
 and briefly trained version of the same model, whose mistakes are exaggerated versions of the model's own:
 $\hat\varepsilon = \varepsilon_{\text{guide}}(x_t) + w_{\text{auto}}\,\big(\varepsilon_\theta(x_t) - \varepsilon_{\text{guide}}(x_t)\big)$
 ($w_{\text{auto}} = 1$: the model alone; $w_{\text{auto}} = 0$: the guide alone, to see the mistakes it pushes away from).
+The best unconditional digits we measured come from autoguidance together with $\eta = 1$: as many or more of them are
+recognisable, and as a whole they are closer to real digits (Fréchet distance), than with either alone.
 """
 
 
