@@ -264,9 +264,9 @@ class AutoGuided(torch.nn.Module):
         eps_w(x_t, t) = eps_0(x_t, t) + w (eps_1(x_t, t) - eps_0(x_t, t)),
     and every sampler runs unchanged on this eps model. w = 1 is the model alone (the guide is not called),
     w > 1 guides; w = 0 is the guide alone (the model is not called) and 0 < w < 1 interpolates towards
-    it, which is how the app shows a visitor what the guide gets wrong. Unlike classifier-free guidance it needs no label: it guides unconditional sampling (our guides are
-    trained without labels, so labelled calls raise). `model(x, t, None)` runs a class-conditional model
-    on its null label.
+    it, which is how the app shows a visitor what the guide gets wrong. Unlike classifier-free guidance
+    it needs no label: it guides unconditional sampling (our guides are trained without labels, so
+    labelled calls raise). `model(x, t, None)` runs a class-conditional model on its null label.
     """
 
     def __init__(self, model: torch.nn.Module, guide: torch.nn.Module, weight: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import gradio as gr
 
@@ -103,8 +104,8 @@ def build(reg: Registry) -> dict:
     ev = go.click(GPU(friendly(run)), [ckpt, ddpm_steps, ddim_steps, eta, seed, num, digit, guidance, autoguidance],
                   [a_img, b_img, a_md, b_md, d_img, d_md], api_name="compare", show_progress="minimal", **SAMPLING)
     stop.click(None, None, None, cancels=[ev], api_name="compare_stop", **LIGHT)
-    ckpt.input(friendly(lambda name, d: on_model_controls(reg, name, d)), [ckpt, digit], [digit, guidance, autoguidance],
+    ckpt.input(friendly(partial(on_model_controls, reg)), [ckpt, digit], [digit, guidance, autoguidance],
                api_name="compare_model", **LIGHT)
-    digit.input(friendly(lambda name, d: on_digit_controls(reg, name, d)), [ckpt, digit], [guidance, autoguidance],
+    digit.input(friendly(partial(on_digit_controls, reg)), [ckpt, digit], [guidance, autoguidance],
                 api_name="compare_digit", **LIGHT)
     return {}

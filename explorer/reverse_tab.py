@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import gradio as gr
 import numpy as np
@@ -165,9 +166,9 @@ def build(reg: Registry) -> dict:
         friendly(stopped), [traj], outs, api_name="reverse_stop", **LIGHT)
     scrub.input(friendly(show_frame), [traj, scrub], [xt, x0, info], api_name="reverse_scrub",
                 trigger_mode="always_last", show_progress="hidden", **LIGHT)
-    ckpt.input(friendly(lambda name, d: on_model_controls(reg, name, d)), [ckpt, digit], [digit, guidance, autoguidance],
+    ckpt.input(friendly(partial(on_model_controls, reg)), [ckpt, digit], [digit, guidance, autoguidance],
                api_name="reverse_model", **LIGHT)
-    digit.input(friendly(lambda name, d: on_digit_controls(reg, name, d)), [ckpt, digit], [guidance, autoguidance],
+    digit.input(friendly(partial(on_digit_controls, reg)), [ckpt, digit], [guidance, autoguidance],
                 api_name="reverse_digit", **LIGHT)
     sampler.input(on_sampler, sampler, [steps, eta], api_name="reverse_sampler", **LIGHT)
     return {}

@@ -1,6 +1,7 @@
 """Regenerate an evaluation's samples and show the ones the copy check flags beside their nearest training digits."""
 import sys, json, torch, numpy as np
-sys.path.insert(0, "/work/main")
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root
 from diffusion_core.evaluate import EvalArgs, evaluate_samples, nearest_distances
 from diffusion_core.data import load_mnist
 from diffusion_core.classifier import load_classifier

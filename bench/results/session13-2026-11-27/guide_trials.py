@@ -1,5 +1,11 @@
+"""Autoguidance trials (session 13): python guide_trials.py NAME W LO HI SEED [STEPS], from the repository root.
+
+Unconditional DDIM (eta 0) on 1,000 samples of checkpoints/NAME, guided at weight W only where
+sigma_t = sqrt(1 / alpha_bar_t - 1) lies in (LO, HI]; the guide is the card's, or $GUIDE. Prints one JSON line.
+"""
 import json, sys, time, torch
-sys.path.insert(0, "/work/main")
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root
 from diffusion_core.checkpoints import load_checkpoint, load_guide
 from diffusion_core.inference import InferenceModel
 from diffusion_core.samplers import AutoGuided, sample
