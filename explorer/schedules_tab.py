@@ -28,14 +28,40 @@ METRIC_NAMES = {"fd": "Fréchet dist. ↓", "fd_real_floor": "real-data floor", 
                 "label_accuracy": "label acc. ↑", "clean_disc": "clean discs ↑"}
 
 
+def setting(r: dict) -> str:
+    """An evaluation result's sampling setting in words (its seed left out), e.g.
+    "DDIM-50 · η = 1 · autoguided w = 1.5 · n = 1000 · float32"."""
+    parts = [f"{str(r.get('sampler', '?')).upper()}-{r.get('steps', '?')}"]
+    if r.get("sampler") == "ddim" and r.get("eta"):
+        parts.append(f"η = {r['eta']:g}")
+    if r.get("labels") is not None:
+        parts.append("every digit, " + ("no guidance" if r.get("guidance") == 1.0 else f"guided w = {r.get('guidance')}"))
+    if r.get("guide"):
+        parts.append("the guide alone" if r.get("autoguidance") == 0 else f"autoguided w = {r.get('autoguidance')}")
+    if r.get("spacing", "trailing") != "trailing":
+        parts.append(f"{r['spacing']} spacing")
+    if r.get("clip_x0") is False:
+        parts.append("x₀ not clipped")
+    parts += [f"n = {r.get('num')}", str(r.get("precision", "")), "compiled" if r.get("compiled") else ""]
+    return " · ".join(p for p in parts if p)
+
+
 def quality_table(reg: Registry) -> str:
-    """The measured figures filed under "evaluation" in each model card."""
+    """The measured figures filed under "evaluation" in each model card, one row per setting: a setting
+    measured from several seeds shows each figure per seed, "a / b / c"."""
     rows = []
     for name, c in reg.checkpoints.items():
-        for key, r in (c.card.get("evaluation") or {}).items():
+        groups: dict[str, list[dict]] = {}
+        for r in (c.card.get("evaluation") or {}).values():
             if isinstance(r, dict):
-                vals = " · ".join(f"{label} {r[m]}" for m, label in METRIC_NAMES.items() if r.get(m) is not None)
-                rows.append(f"| {name} ({c.card['schedule']['name']}) | {key} | {vals} |")
+                groups.setdefault(setting(r), []).append(r)
+        for what, rs in groups.items():
+            rs.sort(key=lambda r: r.get("seed") or 0)
+            vals = " · ".join(f"{label} {' / '.join(str(r.get(m, '-')) for r in rs)}"
+                              for m, label in METRIC_NAMES.items() if any(r.get(m) is not None for r in rs))
+            if len(rs) > 1:
+                what += f" · seeds {' / '.join(str(r.get('seed')) for r in rs)}"
+            rows.append(f"| {name} ({c.card['schedule']['name']}) | {what} | {vals} |")
     if not rows:
         return ("*No evaluation results in the model cards yet* (run `python -m diffusion_core.evaluate "
                 "--write-card` on a checkpoint to file them).")

@@ -316,3 +316,26 @@ def test_handlers_run_on_the_torch_thread() -> None:
 
     assert friendly(plain)() == torch_thread().ident
     assert set(friendly(streaming)()) == {torch_thread().ident}
+
+
+def test_quality_table_groups_a_settings_seeds_into_one_row() -> None:
+    from types import SimpleNamespace
+
+    from explorer.schedules_tab import quality_table
+
+    base = {"sampler": "ddim", "steps": 50, "eta": 1.0, "spacing": "trailing", "clip_x0": True, "num": 1000,
+            "labels": None, "guidance": None, "precision": "float32", "autoguidance": 1.5, "guide": "g"}
+    evaluation = {
+        "a": {**base, "seed": 1, "confident": 0.95},
+        "b": {**base, "seed": 0, "confident": 0.97},
+        "c": {**base, "seed": 0, "confident": 0.5, "autoguidance": 0.0},  # the guide alone: its own row
+        "d": {**base, "seed": 0, "confident": 0.9, "spacing": "leading"},  # another setting: its own row
+    }
+    card = {"evaluation": evaluation, "schedule": {"name": "linear"}}
+    table = quality_table(SimpleNamespace(checkpoints={"m": SimpleNamespace(card=card)}))
+    rows = [r for r in table.splitlines() if r.startswith("| m ")]
+    assert len(rows) == 3
+    assert "DDIM-50 · η = 1 · autoguided w = 1.5 · n = 1000 · float32 · seeds 0 / 1" in rows[0]
+    assert "confident ↑ 0.97 / 0.95" in rows[0]  # in seed order
+    assert "the guide alone" in rows[1] and "confident ↑ 0.5 |" in rows[1]
+    assert "leading spacing" in rows[2]
