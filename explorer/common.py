@@ -128,6 +128,11 @@ def _is_any(digit: str | None) -> bool:
     return digit in (None, "", ANY_DIGIT)
 
 
+def _guidance_visible(conditional: bool, digit: str | None) -> bool:
+    """Classifier-free guidance acts on a chosen digit of a class-conditional model."""
+    return conditional and not _is_any(digit)
+
+
 def _autoguidance(reg: Registry, name: str, digit: str | None = ANY_DIGIT) -> dict:
     """Checkpoint `name`'s autoguidance slider at its card's w: shown with a guide and digit "any", else hidden."""
     guide = reg.guides.get(name)
@@ -143,7 +148,7 @@ def autoguidance_slider(reg: Registry, name: str, digit: str) -> gr.Slider:
 def guidance_slider(conditional: bool, digit: str) -> gr.Slider:
     """The classifier-free guidance scale, for a chosen digit of a class-conditional model."""
     return gr.Slider(0, MAX_GUIDANCE, value=2, step=0.5, label="Guidance scale w (chosen digit)",
-                     visible=conditional and not _is_any(digit))
+                     visible=_guidance_visible(conditional, digit))
 
 
 def default_digit(conditional: bool) -> str:
@@ -164,15 +169,15 @@ def on_model_controls(reg: Registry, name: str, digit: str | None) -> tuple[dict
     if not conditional:
         digit = ANY_DIGIT
     return (gr.update(visible=conditional) if conditional else gr.update(visible=False, value=ANY_DIGIT),
-            gr.update(visible=conditional and not _is_any(digit)), gr.update(**_autoguidance(reg, name, digit)))
+            gr.update(visible=_guidance_visible(conditional, digit)), gr.update(**_autoguidance(reg, name, digit)))
 
 
 def on_digit_controls(reg: Registry, name: str, digit: str | None) -> tuple[dict, dict]:
     """(guidance, autoguidance) visibility on choosing a digit: the guidance scale acts on a chosen digit,
     autoguidance on "any"; the sliders keep their values."""
     conditional = reg.get(name).model_config.num_classes > 0
-    return (gr.update(visible=conditional and not _is_any(digit)),
-            gr.update(visible=name in reg.guides and _is_any(digit)))
+    return (gr.update(visible=_guidance_visible(conditional, digit)),
+            gr.update(visible=_autoguidance(reg, name, digit)["visible"]))
 
 
 def check_num(num: object) -> int:
