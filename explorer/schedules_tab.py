@@ -23,6 +23,7 @@ $$\bar\alpha_t^{\text{linear}} = \prod_{s\le t}(1-\beta_s),\qquad
 """
 
 STEPS = (10, 20, 50)
+GRID = 3  # each sample grid is GRID x GRID images: square, like the gallery's tiles
 METRIC_NAMES = {"fd": "Fréchet dist. ↓", "fd_real_floor": "real-data floor", "confident": "confident ↑",
                 "coverage": "class coverage ↑", "coverage_real_floor": "real-data coverage",
                 "label_accuracy": "label acc. ↑", "clean_disc": "clean discs ↑"}
@@ -78,17 +79,17 @@ def build(reg: Registry) -> dict:
             ckpt = reg.get(name)
             d = digit if ckpt.model_config.num_classes else ANY_DIGIT  # unconditional models draw any digit
             for n in STEPS:
-                steps = start(ckpt, SamplerConfig("ddim", steps=n, guidance=2.0), seed, 8, d, reg.device)
+                steps = start(ckpt, SamplerConfig("ddim", steps=n, guidance=2.0), seed, GRID * GRID, d, reg.device)
                 x = None
                 for step in steps:
                     x = step.x
-                out.append((display(x, 256, nrow=4), f"{name} ({ckpt.schedule.config.name}) · DDIM {n}"))
+                out.append((display(x, 256, nrow=GRID), f"{name} ({ckpt.schedule.config.name}) · DDIM {n}"))
                 yield out
 
     md(INTRO)
     gr.Plot(figures.schedules_overview(reg.schedules), label="linear vs cosine")
     gr.Markdown(f"**Samples from one seed** of the MNIST models ({', '.join(mnist)}) at {', '.join(map(str, STEPS))} "
-                "DDIM steps (η = 0, 8 images each). Same seed, same x_T: differences come from the model and the "
+                f"DDIM steps (η = 0, {GRID * GRID} images each). Same seed, same x_T: differences come from the model and the "
                 "number of steps." + ("" if len(mnist) > 1 else " *(Only one MNIST model is installed so far.)*"))
     with gr.Row():
         seed = gr.Number(0, precision=0, minimum=0, label="Seed")

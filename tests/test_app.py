@@ -264,6 +264,25 @@ def test_compare_gives_both_samplers_one_x_T(client: Client) -> None:
     assert np.array_equal(np.asarray(Image.open(ddim_img)), np.asarray(Image.open(single[0])))
 
 
+def test_schedules_samples_every_mnist_model_at_each_step_count_from_one_seed(client: Client, reg) -> None:
+    from explorer.schedules_tab import GRID, STEPS
+
+    def run(seed: int, digit: str) -> list[tuple[np.ndarray, str]]:
+        return [(np.asarray(Image.open(item["image"])), item["caption"])
+                for item in client.predict(seed, digit, api_name="/schedules_sample")]
+
+    a, b, c = run(3, "any"), run(3, "any"), run(4, "any")
+    assert sorted(reg.names) == ["slow", "tiny", "uncond"]  # all MNIST, in the registry's order
+    assert [cap for _, cap in a] == [f"{m} (linear) · DDIM {n}" for m in reg.names for n in STEPS]
+    for img, _ in a:  # GRID x GRID samples of 28 px with 1 px padding, upscaled: a square grid
+        assert img.shape[0] == img.shape[1] and img.shape[0] % (GRID * 29 + 1) == 0
+    assert all(np.array_equal(x, y) for (x, _), (y, _) in zip(a, b))  # one seed, the same images
+    assert not np.array_equal(a[0][0], c[0][0])
+    guided = run(3, "7")
+    for (g, cap), (x, _) in zip(guided, a):  # `uncond` has no labels: it draws any digit
+        assert np.array_equal(g, x) == cap.startswith("uncond"), cap
+
+
 def test_bad_settings_are_clear_errors(url: str) -> None:
     client = Client(url, verbose=False)  # a fresh session: nothing recorded yet
     with pytest.raises(AppError, match="run the sampler first"):
