@@ -95,7 +95,7 @@ def build(reg: Registry) -> dict:
         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
         digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value=ANY_DIGIT, label="Digit (w = 2)")
         go = gr.Button("▶ Sample", variant="primary", elem_id="schedules-play")
-    gal = gr.Gallery(label="DDIM samples (hover for the model and step count)", columns=len(STEPS), height="auto",
+    gal = gr.Gallery(label="DDIM samples (hover for the model and step count)", columns=len(STEPS), height=800,
                      object_fit="contain", preview=False)
     md(quality_table(reg))
     go.click(GPU(friendly(run)), [seed, digit], gal, api_name="schedules_sample", show_progress="minimal", **SAMPLING)
