@@ -89,12 +89,14 @@ def build(reg: Registry) -> dict:
     md(INTRO)
     gr.Plot(figures.schedules_overview(reg.schedules), label="linear vs cosine")
     gr.Markdown(f"**Samples from one seed** of the MNIST models ({', '.join(mnist)}) at {', '.join(map(str, STEPS))} "
-                f"DDIM steps (η = 0, {GRID * GRID} images each). Same seed, same x_T: differences come from the model and the "
-                "number of steps." + ("" if len(mnist) > 1 else " *(Only one MNIST model is installed so far.)*"))
+                f"DDIM steps (η = 0, {GRID * GRID} images each). Same seed, same x_T: differences come from the model "
+                "and the number of steps." + ("" if len(mnist) > 1 else " *(Only one MNIST model is installed so far.)*"))
     with gr.Row():
         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
         digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value=ANY_DIGIT, label="Digit (w = 2)")
         go = gr.Button("▶ Sample", variant="primary", elem_id="schedules-play")
+    # 800 px holds two rows of square tiles (the two MNIST models) at the page's usual width; "auto" stopped at
+    # about 500 px and scrolled the second row inside the gallery.
     gal = gr.Gallery(label="DDIM samples (hover for the model and step count)", columns=len(STEPS), height=800,
                      object_fit="contain", preview=False)
     md(quality_table(reg))
