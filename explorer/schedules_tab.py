@@ -24,6 +24,7 @@ $$\bar\alpha_t^{\text{linear}} = \prod_{s\le t}(1-\beta_s),\qquad
 
 STEPS = (10, 20, 50)
 GRID = 3  # each sample grid is GRID x GRID images: square, like the gallery's tiles
+ROW_PX = 400  # the gallery's height per row of tiles
 METRIC_NAMES = {"fd": "Fréchet dist. ↓", "fd_real_floor": "real-data floor", "confident": "confident ↑",
                 "coverage": "class coverage ↑", "coverage_real_floor": "real-data coverage",
                 "label_accuracy": "label acc. ↑", "clean_disc": "clean discs ↑"}
@@ -95,9 +96,10 @@ def build(reg: Registry) -> dict:
         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
         digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value=ANY_DIGIT, label="Digit (w = 2)")
         go = gr.Button("▶ Sample", variant="primary", elem_id="schedules-play")
-    # 800 px holds two rows of square tiles (the two MNIST models) at the page's usual width; "auto" stopped at
-    # about 500 px and scrolled the second row inside the gallery.
-    gal = gr.Gallery(label="DDIM samples (hover for the model and step count)", columns=len(STEPS), height=800,
+    # One row of square tiles per MNIST model, ROW_PX each at the page's usual width ("auto" stopped at about
+    # 500 px and scrolled the second row inside the gallery).
+    gal = gr.Gallery(label="DDIM samples (hover for the model and step count)", columns=len(STEPS),
+                     height=ROW_PX * len(mnist),
                      object_fit="contain", preview=False)
     md(quality_table(reg))
     go.click(GPU(friendly(run)), [seed, digit], gal, api_name="schedules_sample", show_progress="minimal", **SAMPLING)
