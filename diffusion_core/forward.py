@@ -5,6 +5,8 @@
     q(x_{t-1} | x_t, x_0) = N(mu_tilde_t, beta_tilde_t I)                 DDPM eqs. 6-7
 
 Pure functions of tensors; shapes are documented as [N x C x H x W] but any [N x ...] works.
+x0 is always the clean data; timesteps are 0-based as in schedules.py (t = 0 is the paper's t = 1),
+so the state after the first noising step is x_t with t = 0.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def q_mean_variance(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor) 
 def q_step(schedule: NoiseSchedule, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """One Markov step x_t ~ q(x_t | x_{t-1}) = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps (DDPM eq. 2).
 
-    :param x_prev: [N x ...] x_{t-1} (x_0 when t = 0).
+    :param x_prev: [N x ...] the previous state x_{t-1}; the clean data x0 when t = 0.
     :param t: [N] timesteps of the result.
     :param noise: [N x ...] standard normal.
     """
@@ -53,7 +55,7 @@ def q_step(schedule: NoiseSchedule, x_prev: torch.Tensor, t: torch.Tensor, noise
 def q_chain(
     schedule: NoiseSchedule, x0: torch.Tensor, t_end: int, generator: torch.Generator | None = None
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Run the Markov chain x_0 -> x_1 -> ... step by step, yielding (t, x_t) for t = 0..t_end.
+    """Run the Markov chain from the clean data x0 one q_step at a time, yielding (t, x_t) for t = 0..t_end.
 
     Its marginal at t equals q_sample's (same mean sqrt(ab_t) x_0, same variance 1 - ab_t): the app
     shows this side by side. Noise is drawn on the CPU from `generator`, then moved to x0's device.

@@ -4,10 +4,11 @@
 samplers need not know about it. Paths (measured by bench/sampling.py):
 - "float32": plain eager float32.
 - "bfloat16": the whole net in bfloat16 (a copy of the weights cast once; output back in float32),
-  used by "auto" only where the hardware computes bfloat16 natively: CUDA with bf16 support, or an
-  x86 CPU with AVX-512 BF16 or AMX. Elsewhere bfloat16 is emulated and slower, so "auto" stays
-  float32. `autocast=True` runs the float32 weights under torch.autocast instead, which re-casts
-  every weight on every call; bench/sampling.py measures both.
+  used by "auto" only on an x86 CPU that computes bfloat16 natively (AVX-512 BF16 or AMX). Where
+  it is emulated it is slower, and on a GPU these small nets gain nothing from it (see
+  `resolve_precision`), so there "auto" stays float32. `autocast=True` runs the float32 weights
+  under torch.autocast instead, which re-casts every weight on every call; bench/sampling.py
+  measures both.
 The sampler's own arithmetic (x_t, x_0, eps updates) always runs in float32.
 """
 

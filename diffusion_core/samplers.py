@@ -4,7 +4,7 @@
            it uses the posterior q(x_{t'} | x_t, x_0) between the two visited timesteps
            (Nichol & Dhariwal 2021, section 4, "respacing").
     ddim   Song et al. (2021), eq. 12, with sigma_t(eta) of eq. 16; eta = 0 is deterministic,
-           eta = 1 over all T steps is DDPM.
+           eta = 1 over all T steps is DDPM with sigma_t^2 = beta_tilde_t ("fixed_small").
 
 Notation: x = x_t, x_prev = x_{t'} with t' the next visited timestep (t' = -1 means fully
 denoised, alpha_bar_{-1} = 1); eps = eps_theta(x_t, t); x0 = the predicted x_0.
@@ -81,9 +81,9 @@ class Step:
 def ddim_timesteps(num_timesteps: int, steps: int, spacing: Spacing) -> list[int]:
     """The N visited timesteps, descending, by the definitions of Lin et al. (2024), table 2:
 
-    linspace  round(linspace(0, T-1, N))                      (first 0, last T-1)
-    leading   k * floor(T/N) for k = 0..N-1                    (DDIM's original choice)
-    trailing  round(T - k T/N) - 1 for k = 0..N-1              (starts at T-1, ends at T/N - 1)
+    linspace  round(linspace(0, T-1, N)), reversed            (from T-1 down to 0)
+    leading   k * floor(T/N) for k = N-1..0                    (DDIM's uniform skip, exactly when N divides T)
+    trailing  round(T - k T/N) - 1 for k = 0..N-1              (from T-1 down to T/N - 1)
     """
     check_choice("timestep spacing", spacing, SPACINGS)
     T, N = num_timesteps, steps
@@ -119,7 +119,8 @@ class PairCoefficients:
 
 
 def plan_coefficients(schedule: NoiseSchedule, pairs: list[tuple[int, int]]) -> list[PairCoefficients]:
-    """Per-pair coefficients from the betas, in float64: log alpha_bar_t = sum_{s<=t} log(1 - beta_s)."""
+    """Per-pair coefficients from the schedule's (float32) betas, computed in float64:
+    log alpha_bar_t = sum_{s<=t} log(1 - beta_s)."""
     T = schedule.num_timesteps
     for t, t_prev in pairs:
         if not (0 <= t < T and -1 <= t_prev < t):
@@ -239,7 +240,8 @@ def check_labels(model: object, y: torch.Tensor | None) -> None:
 def guided_eps(
     model: EpsModel, x: torch.Tensor, t: int, y: torch.Tensor | None, guidance: float
 ) -> torch.Tensor:
-    """eps_theta(x_t, t, y), with classifier-free guidance eps_u + w (eps_c - eps_u) (Ho & Salimans 2022, eq. 6).
+    """eps_theta(x_t, t, y), with classifier-free guidance eps_u + w (eps_c - eps_u) at scale w = `guidance`
+    (diffusers' guidance_scale): Ho & Salimans (2022) eq. 6, (1 + w') eps_c - w' eps_u, with their w' = w - 1.
 
     Both branches run as one batch of 2N. Without labels, the model's unconditional output.
     """

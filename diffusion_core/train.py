@@ -410,7 +410,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         t = torch.randint(0, scfg.num_timesteps, (cfg.batch_size,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         lr = lr_at(cfg, step)
-        ema_weight = 1.0 - min(cfg.ema_decay, (1 + step) / (10 + step))  # short EMA at first (improved-diffusion's warm-up)
+        # a short EMA at first: the num_updates warm-up of TF's ExponentialMovingAverage
+        ema_weight = 1.0 - min(cfg.ema_decay, (1 + step) / (10 + step))
         if cfg.cuda_graph:
             graphed = graphed or GraphedStep(update, opt, [model, ema], (x0, t, noise, y))
             loss = graphed(lr, ema_weight, x0, t, noise, y)
