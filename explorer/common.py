@@ -148,6 +148,7 @@ def autoguidance_slider(reg: Registry, name: str, digit: str) -> gr.Slider:
 def guidance_slider(conditional: bool, digit: str) -> gr.Slider:
     """The classifier-free guidance scale, for a chosen digit of a class-conditional model."""
     return gr.Slider(0, MAX_GUIDANCE, value=2, step=0.5, label="Guidance scale w (chosen digit)",
+                     info="1 = the model as trained, 0 = ignores the digit, above 1 = follows it more strongly",
                      visible=_guidance_visible(conditional, digit))
 
 

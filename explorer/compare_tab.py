@@ -21,7 +21,7 @@ INTRO = r"""
 One seed gives one $x_T$ to both panels; they advance together in $t$ (DDIM jumps $t \to t'$ over many DDPM steps).
 
 **What to observe.** With $\eta = 0$ DDIM is deterministic: $x_T$ alone decides the image, so rerunning
-gives the same bytes and nearby seeds give nearby images. As $\eta \to 1$ DDIM adds DDPM's amount of fresh
+gives the same bytes, while another seed draws another $x_T$ and so an unrelated image. As $\eta \to 1$ DDIM adds DDPM's amount of fresh
 noise at each step and behaves like DDPM (with all T steps and $\eta = 1$ it *is* DDPM). About 50 DDIM
 steps come close to 1000 DDPM steps in quality, at 1/20 of the model calls; the two will not be the same
 image when DDPM's random steps lead elsewhere, which the difference image shows.
@@ -29,6 +29,9 @@ image when DDPM's random steps lead elsewhere, which the difference image shows.
 $$\text{DDPM: } x_{t-1} = \tilde\mu_t(x_t, \hat x_0) + \sigma_t z \qquad
 \text{DDIM: } x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma_t^2}\,\hat\varepsilon + \sigma_t z$$
 """
+
+
+DIFF_PENDING = "**|DDPM − DDIM|** (black = identical; shown when both samplers finish)"
 
 
 def panel(name: str, clock, step, total: int) -> str:
@@ -55,6 +58,7 @@ def build(reg: Registry) -> dict:
         x = [None, None]
         md_ = ["", ""]
         last = 0.0
+        cleared = False  # the first frame clears the previous run's difference image
         try:
             for k, step, ca, cb in both:
                 rec.done += 1
@@ -64,7 +68,9 @@ def build(reg: Registry) -> dict:
                 if now - last >= MIN_FRAME_INTERVAL_S and x[0] is not None and x[1] is not None:
                     last = now
                     rec.frames.append(rec.done)
-                    yield display(x[0]), display(x[1]), md_[0], md_[1], gr.skip(), gr.skip()
+                    diff_out = (gr.skip(), gr.skip()) if cleared else (None, DIFF_PENDING)
+                    cleared = True
+                    yield display(x[0]), display(x[1]), md_[0], md_[1], *diff_out
             diff = (x[0] - x[1]).abs().float().cpu()
             diff_md = (f"mean |DDPM − DDIM| = **{diff.mean().item():.4f}** (pixel range [−1, 1], so the largest "
                        f"possible is 2) · DDIM used {c_ddim.steps / c_ddpm.steps:.1%} of DDPM's model calls")
@@ -98,7 +104,7 @@ def build(reg: Registry) -> dict:
             b_md = gr.Markdown("**DDIM**")
             b_img = gr.Image(label="DDIM", format="png", height=280, interactive=False)
         with gr.Column():
-            d_md = gr.Markdown("**|DDPM − DDIM|** (black = identical)")
+            d_md = gr.Markdown(DIFF_PENDING)
             d_img = gr.Image(label="absolute difference", format="png", height=280, interactive=False)
 
     ev = go.click(GPU(friendly(run)), [ckpt, ddpm_steps, ddim_steps, eta, seed, num, digit, guidance, autoguidance],

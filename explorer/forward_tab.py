@@ -27,7 +27,8 @@ $\;L(\theta) = \mathbb E_{x_0,\,t,\,\varepsilon}\,\big\|\varepsilon - \varepsilo
 
 CHAIN = r"""
 **Markov chain vs closed-form jump.** Step by step, $x_s = \sqrt{1-\beta_s}\,x_{s-1} + \sqrt{\beta_s}\,\varepsilon_s$
-for $s = 0..t$; in one jump, the equation above. Both give $x_t \sim \mathcal N(\sqrt{\bar\alpha_t}\,x_0,\,(1-\bar\alpha_t) I)$:
+for $s = 0..t$, starting from the clean image $x_0$ (t counts from 0 here, so $x_t$ has had $t + 1$ noising steps
+and $t = 0$ is already faintly noisy); in one jump, the equation above. Both give $x_t \sim \mathcal N(\sqrt{\bar\alpha_t}\,x_0,\,(1-\bar\alpha_t) I)$:
 draw many samples each way at the current t and compare their mean and std.
 """
 
@@ -35,7 +36,7 @@ draw many samples each way at the current t and compare their mean and std.
 def _x0(state: dict | None) -> torch.Tensor:
     """The chosen image, or a clear error for a session that has not picked one (possible through the API)."""
     if not state or "x0" not in state:
-        raise ValueError("no image chosen yet: pick a dataset example (/forward_example) or upload one first")
+        raise ValueError("no image chosen yet: pick a dataset example or upload an image first")
     return state["x0"]
 
 
@@ -95,7 +96,8 @@ def build(reg: Registry) -> dict:
         x_t = q_sample(s, x0, torch.tensor([t]), eps)
         ab = s.alphas_cumprod[t].item()
         info = (f"**t = {t}** · $\\bar\\alpha_t$ = {ab:.4f} · signal $\\sqrt{{\\bar\\alpha_t}}$ = {ab ** 0.5:.3f} · "
-                f"noise $\\sqrt{{1-\\bar\\alpha_t}}$ = {(1 - ab) ** 0.5:.3f} · **SNR = {snr_db(s)[t].item():+.1f} dB**")
+                f"noise $\\sqrt{{1-\\bar\\alpha_t}}$ = {(1 - ab) ** 0.5:.3f} · **SNR = {snr_db(s)[t].item():+.1f} dB** "
+                "(signal-to-noise ratio $\\bar\\alpha_t/(1-\\bar\\alpha_t)$)")
         return display(x_t), display(eps), info, figures.signal_noise(s, t), figures.histogram(x_t, t)
 
     def strip(state: dict, schedule: str, seed: object):

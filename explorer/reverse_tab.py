@@ -89,8 +89,9 @@ def build(reg: Registry) -> dict:
                     f = f or (step.index, step.num_steps, step.t, step.t_prev, raw_grid(step.x),
                               raw_grid(step.x0_pred))
                     traj["last"] = f  # the newest frame shown: a stopped run ends here, not at a recorded frame
-                    yield (display_grid(f[4]), display_grid(f[5]), status(*f[:4]), traj,
-                           gr.skip(), gr.skip(), gr.skip())
+                    # The first frame clears the previous run's chart, scrub slider and GIF.
+                    rest = (None, gr.update(visible=False), None) if len(rec.frames) == 1 else (gr.skip(),) * 3
+                    yield (display_grid(f[4]), display_grid(f[5]), status(*f[:4]), traj, *rest)
             yield finish(traj)
         finally:
             rec.closed = True  # runs on normal end and when Gradio closes the generator (Stop)

@@ -29,6 +29,12 @@ METRIC_NAMES = {"fd": "Fréchet dist. ↓", "fd_real_floor": "real-data floor", 
                 "coverage": "class coverage ↑", "coverage_real_floor": "real-data coverage",
                 "label_accuracy": "label acc. ↑", "clean_disc": "clean discs ↑"}
 
+METRIC_LEGEND = ("*Fréchet dist.*: how far the generated digits' features (from a digit classifier) lie from real "
+                 "ones, lower is better; the *real-data floor* is what as many real digits score. *confident*: the "
+                 "share of samples the classifier assigns to one digit with p ≥ 0.9. *class coverage*: 1 when the ten "
+                 "digits appear in equal shares; *real-data coverage* is what as many real digits score, short of 1 "
+                 "by chance. *clean discs*: the share of circles samples that are one clean disc on a plain ground.")
+
 
 def setting(r: dict) -> str:
     """An evaluation result's sampling setting in words (its seed left out), e.g.
@@ -67,11 +73,14 @@ def quality_table(reg: Registry) -> str:
     if not rows:
         return ("*No evaluation results in the model cards yet* (run `python -m diffusion_core.evaluate "
                 "--write-card` on a checkpoint to file them).")
-    return "**Measured quality (from the model cards):**\n\n| model | setting | figures |\n|---|---|---|\n" + "\n".join(rows)
+    return ("**Measured quality (from the model cards):** " + METRIC_LEGEND
+            + "\n\n| model | setting | figures |\n|---|---|---|\n" + "\n".join(rows))
 
 
 def build(reg: Registry) -> dict:
-    mnist = [n for n, c in reg.checkpoints.items() if c.dataset == "mnist"] or reg.names
+    mnist = [n for n, c in reg.checkpoints.items() if c.dataset == "mnist"]
+    kind = "MNIST models" if mnist else "models"  # without an MNIST model, whatever models there are
+    mnist = mnist or reg.names
 
     def run(seed: object, digit: str):
         """DDIM at 10, 20 and 50 steps for every MNIST model, from one seed (streamed as each finishes)."""
@@ -89,12 +98,15 @@ def build(reg: Registry) -> dict:
 
     md(INTRO)
     gr.Plot(figures.schedules_overview(reg.schedules), label="linear vs cosine")
-    gr.Markdown(f"**Samples from one seed** of the MNIST models ({', '.join(mnist)}) at {', '.join(map(str, STEPS))} "
-                f"DDIM steps (η = 0, {GRID * GRID} images each). Same seed, same x_T: differences come from the model "
-                "and the number of steps." + ("" if len(mnist) > 1 else " *(Only one MNIST model is installed so far.)*"))
+    gr.Markdown(f"**Samples from one seed** of the {kind} ({', '.join(mnist)}) at {', '.join(map(str, STEPS))} "
+                f"DDIM steps (η = 0, {GRID * GRID} images each; digit \"any\" is the plain model, without the "
+                "autoguidance the other tabs apply, as in the README's cosine-vs-linear table). Same seed, same x_T: "
+                "differences come from the model and the number of steps."
+                + ("" if len(mnist) > 1 else f" *(Only one {kind[:-1]} is installed so far.)*"))
     with gr.Row():
         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
-        digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value=ANY_DIGIT, label="Digit (w = 2)")
+        digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value=ANY_DIGIT,
+                            label="Digit (a digit: classifier-free guidance w = 2)")
         go = gr.Button("▶ Sample", variant="primary", elem_id="schedules-play")
     # One row of square tiles per MNIST model, ROW_PX each at the page's usual width ("auto" stopped at about
     # 500 px and scrolled the second row inside the gallery).

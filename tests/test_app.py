@@ -194,6 +194,25 @@ def test_a_stopped_run_ends_at_the_frame_last_shown(reg, monkeypatch: pytest.Mon
     assert np.array_equal(xt, shown[0]) and np.array_equal(x0, shown[1])
 
 
+def test_a_new_run_first_clears_the_previous_runs_results(reg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first streamed frame of a run clears what only the previous run's end had produced: Reverse's
+    chart, scrub slider and GIF, Compare's difference image and its mean; later frames leave them be."""
+    from explorer import reverse_tab
+
+    monkeypatch.setattr(reverse_tab, "MIN_FRAME_INTERVAL_S", 0.0)  # every step is shown
+    fns = {f.api_name: f.fn for f in build_app(reg).fns.values()}
+    skip = {"__type__": "update"}
+    gen = fns["reverse_sample"](*reverse_args(steps=10, num=1))
+    first, second = next(gen), next(gen, None)
+    gen.close()
+    assert first[4] is None and first[5] == {"__type__": "update", "visible": False} and first[6] is None
+    assert second is None or second[4:] == (skip,) * 3
+    gen = fns["compare"]("tiny", 20, 5, 0.0, 1, 2, "any", 1.0)
+    first = next(gen)
+    gen.close()
+    assert first[4] is None and "shown when both samplers finish" in first[5]
+
+
 def test_same_seed_same_images(client: Client, ckpt_dir: Path) -> None:
     args = reverse_args(sampler="ddim", steps=10, eta=0.5, seed=123, num=4)
     a = client.predict(*args, api_name="/reverse_sample")
