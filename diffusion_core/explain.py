@@ -3,6 +3,7 @@
     snr_db(schedule)            10 log10(alpha_bar_t / (1 - alpha_bar_t)) per t         [T]
     strip_timesteps(T)          the timesteps of the forward strip (0, 100, 250, 500, 750, 999 for T = 1000)
     chain_vs_jump(...)          Markov chain (DDPM eq. 2, step by step) vs closed-form jump (eq. 4) at t
+    chain_vs_jump_steps(...)    the same as a generator: each chain step s as it is taken, then the result
     normal_pdf(x)               the N(0, 1) density, for the histogram overlay
     step_stats(step)            std of x_t and RMS of the predicted noise, per sampler step
     frame_indices(N, k)         which of N steps to record for the scrub slider (at most k, always the last)
@@ -70,18 +71,31 @@ def chain_vs_jump(
     The chain applies q(x_s | x_{s-1}) = N(sqrt(alpha_s) x_{s-1}, beta_s I) for s = 0..t (DDPM eq. 2);
     the jump draws q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) at once (eq. 4).
     """
+    for item in chain_vs_jump_steps(schedule, x0, t, num, generator):
+        pass
+    return item
+
+
+def chain_vs_jump_steps(
+    schedule: NoiseSchedule, x0: torch.Tensor, t: int, num: int, generator: torch.Generator
+) -> Iterator[int | ChainJump]:
+    """`chain_vs_jump` as a generator: yields s after each chain step s = 0..t, then the ChainJump.
+
+    The t + 1 steps on `num` images can take tens of seconds (t = 999 on 1,000 RGB 32x32 images), so a
+    server streams them and serves other work between steps.
+    """
     if num < 2:
         raise ValueError(f"num must be >= 2 to estimate a std, got {num}")
     if not 0 <= t < schedule.num_timesteps:
         raise ValueError(f"t must lie in 0..{schedule.num_timesteps - 1}, got {t}")
     xs = x0.float().cpu().expand(num, *x0.shape).contiguous()  # [num x C x H x W]
     x_chain = xs
-    for _, x_chain in q_chain(schedule, xs, t, generator):
-        pass
+    for s, x_chain in q_chain(schedule, xs, t, generator):
+        yield s
     noise = torch.randn(xs.shape, generator=generator)
     x_jump = q_sample(schedule, xs, torch.full((num,), t, dtype=torch.long), noise)
     mean_theory = schedule.sqrt_alphas_cumprod[t].item() * x0.float().cpu()
-    return ChainJump(
+    yield ChainJump(
         t=t,
         num=num,
         chain_mean_err=(x_chain.mean(0) - mean_theory).abs().mean().item(),

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 import torch
 
-from diffusion_core.explain import chain_vs_jump, snr_db, strip_timesteps
+from diffusion_core.explain import ChainJump, chain_vs_jump_steps, snr_db, strip_timesteps
 from diffusion_core.forward import q_sample
 from diffusion_core.samplers import make_generator
 
 from . import figures
-from .common import LIGHT, as_int, friendly, md
+from .common import LIGHT, MIN_FRAME_INTERVAL_S, SAMPLING, as_int, friendly, md
 from .images import convert_image, display, examples, open_image
 from .state import Registry
 
@@ -120,7 +122,13 @@ def build(reg: Registry) -> dict:
             raise ValueError(f"t must lie in 0..{s.num_timesteps - 1}, got {t}")
         if not 2 <= n <= 1000:
             raise ValueError(f"samples must lie in 2..1000, got {n}")
-        r = chain_vs_jump(s, state["x0"], t, n, make_generator(0))
+        # Streamed: each yield hands the torch thread to other visitors' work, and shows progress.
+        last = 0.0
+        for r in chain_vs_jump_steps(s, state["x0"], t, n, make_generator(0)):
+            now = time.perf_counter()
+            if not isinstance(r, ChainJump) and now - last >= MIN_FRAME_INTERVAL_S:
+                last = now
+                yield f"Running the Markov chain on {n} samples: step {r + 1} / {t + 1} …", gr.skip()
         table = (
             f"At t = {t}, {n} samples each way:\n\n"
             "| | Markov chain ({0} steps) | closed-form jump | theory |\n|---|---|---|---|\n"
@@ -130,7 +138,7 @@ def build(reg: Registry) -> dict:
         imgs = [(display(r.chain_mean_image[None], 128), "mean of x_t, chain"),
                 (display(r.jump_mean_image[None], 128), "mean of x_t, jump"),
                 (display(r.theory_mean_image[None], 128), "√ᾱₜ x₀ (theory)")]
-        return table, imgs
+        yield table, imgs
 
     md(INTRO)
     state = gr.State(None)
@@ -181,6 +189,6 @@ def build(reg: Registry) -> dict:
             show_progress="hidden", **LIGHT)
     t.release(friendly(scrub), **scrub_io, api_name="forward_scrub_release", show_progress="hidden", **LIGHT)
     chain_btn.click(friendly(chain), [state, schedule, t, num], [chain_md, chain_gal], api_name="forward_chain",
-                    **LIGHT)
+                    show_progress="minimal", **SAMPLING)  # long: one at a time, as sampling
     return {"pick": (friendly(pick_example), [example, fmt], pick_out),
             "scrub": (friendly(scrub), scrub_io), "strip": (friendly(strip), strip_io)}

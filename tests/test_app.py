@@ -142,6 +142,20 @@ def test_chain_and_jump_agree(client: Client) -> None:
     assert abs(chain_std - theory) < 0.02 and abs(jump_std - theory) < 0.02
 
 
+def test_chain_streams_its_progress_before_the_table(reg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chain can take tens of seconds: its handler yields progress (freeing the torch thread for other
+    visitors between yields) and ends with the table and the three mean images."""
+    from explorer import forward_tab
+
+    monkeypatch.setattr(forward_tab, "MIN_FRAME_INTERVAL_S", 0.0)
+    fns = {f.api_name: f.fn for f in build_app(reg).fns.values()}
+    state, _, _ = fns["forward_example"]("mnist-7", "mnist")
+    outs = list(fns["forward_chain"](state, "linear", 4, 20))
+    assert [o[0] for o in outs[:-1]] == [f"Running the Markov chain on 20 samples: step {s} / 5 …" for s in range(1, 6)]
+    table, imgs = outs[-1]
+    assert table.startswith("At t = 4, 20 samples each way") and len(imgs) == 3
+
+
 def test_sampling_streams_before_final(client: Client) -> None:
     job = client.submit(*reverse_args("slow", steps=40, num=16), api_name="/reverse_sample")
     seen_while_running = False

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import FakeEps
-from diffusion_core.explain import chain_vs_jump, frame_indices, interleave_by_timestep, normal_pdf, snr_db, step_stats, strip_timesteps
+from diffusion_core.explain import ChainJump, chain_vs_jump, chain_vs_jump_steps, frame_indices, interleave_by_timestep, normal_pdf, snr_db, step_stats, strip_timesteps
 from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample, sample_progressive
 from diffusion_core.schedules import make_schedule
 
@@ -38,6 +38,15 @@ def test_chain_and_jump_have_the_same_moments(t: int) -> None:
     assert r.jump_std == pytest.approx(r.theory_std, rel=0.04)
     assert r.chain_mean_err < 0.03 and r.jump_mean_err < 0.03
     assert torch.allclose(r.theory_mean_image, s.sqrt_alphas_cumprod[t] * x0)
+
+
+def test_chain_vs_jump_steps_streams_each_chain_step_then_the_same_result() -> None:
+    s, x0 = make_schedule("linear"), torch.linspace(-1, 1, 16).reshape(1, 4, 4)
+    items = list(chain_vs_jump_steps(s, x0, 9, 50, make_generator(3)))
+    assert items[:-1] == list(range(10)) and isinstance(items[-1], ChainJump)
+    r = chain_vs_jump(s, x0, 9, 50, make_generator(3))
+    assert (items[-1].chain_std, items[-1].jump_mean_err) == (r.chain_std, r.jump_mean_err)
+    assert torch.equal(items[-1].chain_mean_image, r.chain_mean_image)
 
 
 def test_chain_vs_jump_rejects_bad_input() -> None:
