@@ -24,7 +24,7 @@ $$\bar\alpha_t^{\text{linear}} = \prod_{s\le t}(1-\beta_s),\qquad
 
 STEPS = (10, 20, 50)
 GRID = 3  # each sample grid is GRID x GRID images: square, like the gallery's tiles
-ROW_PX = 400  # the gallery's height per row of tiles
+ROW_PX = 470  # the gallery's height per row of square tiles: they are about 450 px wide in the 1,400 px page
 METRIC_NAMES = {"fd": "Fréchet dist. ↓", "fd_real_floor": "real-data floor", "confident": "confident ↑",
                 "coverage": "class coverage ↑", "coverage_real_floor": "real-data coverage",
                 "label_accuracy": "label acc. ↑", "clean_disc": "clean discs ↑"}
