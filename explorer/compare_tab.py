@@ -58,7 +58,6 @@ def build(reg: Registry) -> dict:
         x = [None, None]
         md_ = ["", ""]
         last = 0.0
-        cleared = False  # the first frame clears the previous run's difference image
         try:
             for k, step, ca, cb in both:
                 rec.done += 1
@@ -68,8 +67,8 @@ def build(reg: Registry) -> dict:
                 if now - last >= MIN_FRAME_INTERVAL_S and x[0] is not None and x[1] is not None:
                     last = now
                     rec.frames.append(rec.done)
-                    diff_out = (gr.skip(), gr.skip()) if cleared else (None, DIFF_PENDING)
-                    cleared = True
+                    # The first frame clears the previous run's difference image and its mean.
+                    diff_out = (None, DIFF_PENDING) if len(rec.frames) == 1 else (gr.skip(), gr.skip())
                     yield display(x[0]), display(x[1]), md_[0], md_[1], *diff_out
             diff = (x[0] - x[1]).abs().float().cpu()
             diff_md = (f"mean |DDPM − DDIM| = **{diff.mean().item():.4f}** (pixel range [−1, 1], so the largest "
