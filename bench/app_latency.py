@@ -75,14 +75,14 @@ def main() -> None:
 
 def inner(demo, reg, model: str, repeats: int) -> None:
     """The served runs' parts, in this process (no HTTP, no queue), the variants taking turns."""
-    import explorer.reverse_tab as reverse_tab
+    import explorer.common as common
     from diffusion_core.runtime import torch_thread
     from diffusion_core.samplers import SamplerConfig, initial_noise, make_generator, sample
 
     run_fn = next(d.fn for d in demo.fns.values() if d.api_name == "reverse_sample")
     ckpt = reg.get(model)
     cfg = ckpt.model_config
-    interval = reverse_tab.MIN_FRAME_INTERVAL_S
+    interval = common.MIN_FRAME_INTERVAL_S  # the handlers' FrameClock reads it
 
     def core(sampler: str, steps: int, n: int) -> float:
         def go() -> float:
@@ -96,13 +96,13 @@ def inner(demo, reg, model: str, repeats: int) -> None:
         return torch_thread().run(go)
 
     def handler(sampler: str, steps: int, n: int, stream: bool) -> tuple[float, int]:
-        reverse_tab.MIN_FRAME_INTERVAL_S = interval if stream else float("inf")
+        common.MIN_FRAME_INTERVAL_S = interval if stream else float("inf")  # only the forced first frame
         try:
             t0 = time.perf_counter()
             outs = list(run_fn(model, sampler, steps, 0.0, 0, n, "any", 1.0))
             total = time.perf_counter() - t0
         finally:
-            reverse_tab.MIN_FRAME_INTERVAL_S = interval
+            common.MIN_FRAME_INTERVAL_S = interval
         assert outs, "the handler yielded nothing"
         return total, len(outs) - 1
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import time
 from collections.abc import Callable, Iterator
 
 import gradio as gr
@@ -39,6 +40,9 @@ MAX_RECORDED_FRAMES = 100  # frames of a trajectory kept for the scrub slider an
 MAX_GUIDANCE = 8.0  # the guidance slider's upper end
 MAX_AUTOGUIDANCE = 4.0  # the autoguidance slider's upper end
 AUTOGUIDANCE_LABEL = "Autoguidance w (0 = the guide alone, 1 = the model alone)"
+# The largest seed a browser sends exactly: its numbers are IEEE doubles, so 2^53 + 1 would arrive as 2^53.
+# diffusion_core takes seeds up to 2^63 - 1; the app keeps to the range where the page and the API agree.
+MAX_UI_SEED = 2**53 - 1
 
 
 def timestep(t: int) -> str:
@@ -84,10 +88,27 @@ def friendly(fn: Callable) -> Callable:
     return plain
 
 
+class FrameClock:
+    """Paces a stream: due() is True at most once every `interval` seconds (or when forced), then restarts."""
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = MIN_FRAME_INTERVAL_S if interval is None else interval  # read now: tests may change it
+        self.last = -math.inf
+
+    def due(self, force: bool = False) -> bool:
+        now = time.perf_counter()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            return True
+        return False
+
+
 def as_int(name: str, value: object) -> int:
-    """A whole number from a UI value (gr.Number may send 3.0), or ValueError."""
+    """A whole number from a UI value (gr.Number may send 3.0), or ValueError. An int passes exactly."""
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(value, int):
+        return value
     try:
         f = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -95,6 +116,11 @@ def as_int(name: str, value: object) -> int:
     if not f.is_integer():
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     return int(f)
+
+
+def seed_box(label: str) -> gr.Number:
+    """A seed field: whole numbers 0..MAX_UI_SEED, starting at 0."""
+    return gr.Number(0, precision=0, minimum=0, maximum=MAX_UI_SEED, label=label)
 
 
 def as_float(name: str, value: object, lo: float, hi: float) -> float:

@@ -1,8 +1,7 @@
-"""View 3, DDPM vs DDIM from one x_T: both stream side by side, with wall time and model calls."""
+"""View 3, DDPM vs DDIM from one x_T: both stream side by side, with wall time and step counts."""
 
 from __future__ import annotations
 
-import time
 from functools import partial
 
 import gradio as gr
@@ -10,9 +9,9 @@ import gradio as gr
 from diffusion_core.explain import interleave_by_timestep
 from diffusion_core.samplers import SamplerConfig
 
-from .common import (GPU, LIGHT, MAX_GUIDANCE, MIN_FRAME_INTERVAL_S, SAMPLING, as_float, as_int, autoguidance_slider,
+from .common import (GPU, LIGHT, MAX_GUIDANCE, SAMPLING, FrameClock, as_float, as_int, autoguidance_slider,
                      default_digit, digit_dropdown, friendly, guidance_slider, md, on_digit_controls,
-                     on_model_controls, start, timestep)
+                     on_model_controls, seed_box, start, timestep)
 from .images import display
 from .state import METRICS, Registry
 
@@ -36,7 +35,7 @@ DIFF_PENDING = "**|DDPM − DDIM|** (black = identical; shown when both samplers
 
 def panel(name: str, clock, step, total: int) -> str:
     return (f"**{name}** · step {clock.steps} / {total} · t = {timestep(step.t_prev)} · "
-            f"**{clock.seconds:.2f} s** · **{clock.steps} model calls**")
+            f"**{clock.seconds:.2f} s**")
 
 
 def build(reg: Registry) -> dict:
@@ -57,22 +56,21 @@ def build(reg: Registry) -> dict:
         both = interleave_by_timestep(a, b)
         x = [None, None]
         md_ = ["", ""]
-        last = 0.0
+        clock = FrameClock()
         try:
             for k, step, ca, cb in both:
                 rec.done += 1
                 x[k] = step.x
                 md_[k] = panel(("DDPM", "DDIM")[k], (ca, cb)[k], step, (c_ddpm.steps, c_ddim.steps)[k])
-                now = time.perf_counter()
-                if now - last >= MIN_FRAME_INTERVAL_S and x[0] is not None and x[1] is not None:
-                    last = now
+                if x[0] is not None and x[1] is not None and clock.due():
                     rec.frames.append(rec.done)
                     # The first frame clears the previous run's difference image and its mean.
                     diff_out = (None, DIFF_PENDING) if len(rec.frames) == 1 else (gr.skip(), gr.skip())
                     yield display(x[0]), display(x[1]), md_[0], md_[1], *diff_out
             diff = (x[0] - x[1]).abs().float().cpu()
             diff_md = (f"mean |DDPM − DDIM| = **{diff.mean().item():.4f}** (pixel range [−1, 1], so the largest "
-                       f"possible is 2) · DDIM used {c_ddim.steps / c_ddpm.steps:.1%} of DDPM's model calls")
+                       f"possible is 2) · DDIM took {c_ddim.steps / c_ddpm.steps:.1%} of DDPM's steps, and so of its "
+                       "network evaluations")
             yield display(x[0]), display(x[1]), md_[0], md_[1], display(diff - 1.0), diff_md
         finally:
             rec.closed = True
@@ -87,7 +85,7 @@ def build(reg: Registry) -> dict:
         ddim_steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps N")
         eta = gr.Slider(0, 1, value=0, step=0.05, label="DDIM η")
     with gr.Row():
-        seed = gr.Number(0, precision=0, minimum=0, label="Seed (one x_T for both)")
+        seed = seed_box("Seed (one x_T for both)")
         num = gr.Slider(1, 16, value=4, step=1, label="Number of images")
         digit = digit_dropdown(cond)
         guidance = guidance_slider(cond, default_digit(cond))

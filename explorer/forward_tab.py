@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import gradio as gr
 import torch
 
@@ -12,7 +10,7 @@ from diffusion_core.forward import q_sample
 from diffusion_core.samplers import make_generator
 
 from . import figures
-from .common import LIGHT, MIN_FRAME_INTERVAL_S, SAMPLING, as_int, friendly, md
+from .common import LIGHT, SAMPLING, FrameClock, as_int, friendly, md, seed_box
 from .images import convert_image, display, examples, open_image
 from .state import Registry
 
@@ -123,11 +121,9 @@ def build(reg: Registry) -> dict:
         if not 2 <= n <= 1000:
             raise ValueError(f"samples must lie in 2..1000, got {n}")
         # Streamed: each yield hands the torch thread to other visitors' work, and shows progress.
-        last = 0.0
+        clock = FrameClock()
         for r in chain_vs_jump_steps(s, state["x0"], t, n, make_generator(0)):
-            now = time.perf_counter()
-            if not isinstance(r, ChainJump) and now - last >= MIN_FRAME_INTERVAL_S:
-                last = now
+            if not isinstance(r, ChainJump) and clock.due():
                 yield f"Running the Markov chain on {n} samples: step {r + 1} / {t + 1} …", gr.skip()
         table = (
             f"At t = {t}, {n} samples each way:\n\n"
@@ -148,7 +144,7 @@ def build(reg: Registry) -> dict:
                          height=140)
         fmt = gr.Dropdown(fmt_choices, value=first_fmt, label="Convert to the model's size and channels")
         schedule = gr.Radio(list(reg.schedules), value="linear", label="Noise schedule")
-        seed = gr.Number(0, precision=0, label="Noise seed (ε)", minimum=0)
+        seed = seed_box("Noise seed (ε)")
     note = gr.Markdown()
     t = gr.Slider(0, 999, value=250, step=1, label="t (drag me)", elem_id="forward-t")
     info = md("")

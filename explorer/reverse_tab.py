@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from functools import partial
 
 import gradio as gr
@@ -12,9 +11,9 @@ from diffusion_core.explain import frame_indices, step_stats
 from diffusion_core.samplers import SamplerConfig
 
 from . import figures
-from .common import (GPU, LIGHT, MAX_GUIDANCE, MAX_RECORDED_FRAMES, MIN_FRAME_INTERVAL_S, SAMPLING, as_float, as_int,
+from .common import (GPU, LIGHT, MAX_GUIDANCE, MAX_RECORDED_FRAMES, SAMPLING, FrameClock, as_float, as_int,
                      autoguidance_slider, default_digit, digit_dropdown, friendly, guidance_slider, md,
-                     on_digit_controls, on_model_controls, start, timestep)
+                     on_digit_controls, on_model_controls, seed_box, start, timestep)
 from .images import display_grid, raw_grid, write_gif
 from .state import METRICS, Registry
 
@@ -71,20 +70,18 @@ def build(reg: Registry) -> dict:
         keep = frame_indices(cfg.steps, MAX_RECORDED_FRAMES)  # bounded: the trajectory lives in gr.State
         traj: dict = {"frames": [], "stats": [], "title": f"{name} · {sampler.upper()} · {cfg.steps} steps"}
         rec = METRICS.start("reverse", cfg.steps)
-        last = 0.0
+        clock = FrameClock()
         try:
             for step in steps_iter:
                 rec.done += 1
                 traj["stats"].append(step_stats(step))
-                now = time.perf_counter()
                 final = step.index == step.num_steps - 1
-                show = (step.index == 0 or now - last >= MIN_FRAME_INTERVAL_S) and not final
+                show = not final and clock.due(force=step.index == 0)
                 f = None
                 if step.index in keep:  # at most MAX_RECORDED_FRAMES, evenly spread, first and last included
                     f = (step.index, step.num_steps, step.t, step.t_prev, raw_grid(step.x), raw_grid(step.x0_pred))
                     traj["frames"].append(f)
                 if show:
-                    last = now
                     rec.frames.append(rec.done)
                     f = f or (step.index, step.num_steps, step.t, step.t_prev, raw_grid(step.x),
                               raw_grid(step.x0_pred))
@@ -132,10 +129,10 @@ def build(reg: Registry) -> dict:
     with gr.Row():
         ckpt = gr.Dropdown(names, value=names[0], label="Checkpoint")
         sampler = gr.Radio(["ddim", "ddpm"], value="ddim", label="Sampler")
-        steps = gr.Slider(1, 1000, value=50, step=1, label="Steps (model calls)")
+        steps = gr.Slider(1, 1000, value=50, step=1, label="Steps (denoiser evaluations)")
         eta = gr.Slider(0, 1, value=0, step=0.05, label="η (DDIM noise: 0 deterministic, 1 DDPM-like)")
     with gr.Row():
-        seed = gr.Number(0, precision=0, minimum=0, label="Seed (x_T and every draw)")
+        seed = seed_box("Seed (x_T and every draw)")
         num = gr.Slider(1, 16, value=4, step=1, label="Number of images")
         cond = conditional(names[0])
         digit = digit_dropdown(cond)

@@ -7,7 +7,7 @@ import gradio as gr
 from diffusion_core.samplers import SamplerConfig
 
 from . import figures
-from .common import ANY_DIGIT, GPU, SAMPLING, friendly, md, start
+from .common import ANY_DIGIT, GPU, SAMPLING, friendly, md, seed_box, start
 from .images import display
 from .state import Registry
 
@@ -104,7 +104,7 @@ def build(reg: Registry) -> dict:
                 "differences come from the model and the number of steps."
                 + ("" if len(mnist) > 1 else f" *(Only one {kind[:-1]} is installed so far.)*"))
     with gr.Row():
-        seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+        seed = seed_box("Seed")
         digit = gr.Dropdown([ANY_DIGIT] + [str(d) for d in range(10)], value=ANY_DIGIT,
                             label="Digit (a digit: classifier-free guidance w = 2)")
         go = gr.Button("▶ Sample", variant="primary", elem_id="schedules-play")

@@ -31,8 +31,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from explorer import build_app, launch_kwargs  # noqa: E402
-from explorer.common import friendly  # noqa: E402
+from explorer import build_app, common, launch_kwargs  # noqa: E402
+from explorer.common import MAX_UI_SEED, as_int, friendly  # noqa: E402
 from explorer.images import convert_image, examples  # noqa: E402
 from diffusion_core.checkpoints import discover_checkpoints  # noqa: E402
 from explorer.state import METRICS, load_registry  # noqa: E402
@@ -101,12 +101,13 @@ def test_discovery_skips_non_diffusion_cards(ckpt_dir: Path) -> None:
     assert sorted(p.name for p in discover_checkpoints(ckpt_dir)) == ["slow", "tiny", "uncond"]
 
 
-@pytest.mark.parametrize("t, schedule", [(0, "linear"), (250, "linear"), (600, "cosine"), (999, "cosine")])
-def test_forward_scrub_matches_q_sample(client: Client, t: int, schedule: str) -> None:
+@pytest.mark.parametrize("t, schedule, seed", [(0, "linear", 7), (250, "linear", 7), (600, "cosine", 7),
+                                               (999, "cosine", MAX_UI_SEED)])
+def test_forward_scrub_matches_q_sample(client: Client, t: int, schedule: str, seed: int) -> None:
     client.predict("mnist-3", "mnist", api_name="/forward_example")
-    xt_path, eps_path, info, *_ = client.predict(schedule, 7, t, api_name="/forward_scrub")
+    xt_path, eps_path, info, *_ = client.predict(schedule, seed, t, api_name="/forward_scrub")
     x0 = convert_image(Image.open(examples()["mnist-3"]), 1, 28)[None]
-    eps = torch.randn((1, 1, 28, 28), generator=make_generator(7))
+    eps = torch.randn((1, 1, 28, 28), generator=make_generator(seed))
     expected = to_uint8(q_sample(make_schedule(schedule), x0, torch.tensor([t]), eps))[0, ..., 0]
     got = read_png(xt_path, 28)
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
@@ -145,9 +146,7 @@ def test_chain_and_jump_agree(client: Client) -> None:
 def test_chain_streams_its_progress_before_the_table(reg, monkeypatch: pytest.MonkeyPatch) -> None:
     """The chain can take tens of seconds: its handler yields progress (freeing the torch thread for other
     visitors between yields) and ends with the table and the three mean images."""
-    from explorer import forward_tab
-
-    monkeypatch.setattr(forward_tab, "MIN_FRAME_INTERVAL_S", 0.0)
+    monkeypatch.setattr(common, "MIN_FRAME_INTERVAL_S", 0.0)
     fns = {f.api_name: f.fn for f in build_app(reg).fns.values()}
     state, _, _ = fns["forward_example"]("mnist-7", "mnist")
     outs = list(fns["forward_chain"](state, "linear", 4, 20))
@@ -193,9 +192,7 @@ def test_cancel_stops_the_server_side_generator(client: Client) -> None:
 def test_a_stopped_run_ends_at_the_frame_last_shown(reg, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stop between two recorded frames: the status, scrub slider and GIF end at the step the visitor
     last saw, not at the last of the (evenly spread) recorded frames."""
-    from explorer import reverse_tab
-
-    monkeypatch.setattr(reverse_tab, "MIN_FRAME_INTERVAL_S", 0.0)  # every step is shown
+    monkeypatch.setattr(common, "MIN_FRAME_INTERVAL_S", 0.0)  # every step is shown
     fns = {f.api_name: f.fn for f in build_app(reg).fns.values()}
     gen = fns["reverse_sample"](*reverse_args(sampler="ddpm", steps=1000, num=1))
     for _ in range(13):  # 1000 steps keep every 10th frame: steps 1 and 11 are recorded, 13 is not
@@ -211,9 +208,7 @@ def test_a_stopped_run_ends_at_the_frame_last_shown(reg, monkeypatch: pytest.Mon
 def test_a_new_run_first_clears_the_previous_runs_results(reg, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first streamed frame of a run clears what only the previous run's end had produced: Reverse's
     chart, scrub slider and GIF, Compare's difference image and its mean; later frames leave them be."""
-    from explorer import reverse_tab
-
-    monkeypatch.setattr(reverse_tab, "MIN_FRAME_INTERVAL_S", 0.0)  # every step is shown
+    monkeypatch.setattr(common, "MIN_FRAME_INTERVAL_S", 0.0)  # every step is shown
     fns = {f.api_name: f.fn for f in build_app(reg).fns.values()}
     skip = {"__type__": "update"}
     gen = fns["reverse_sample"](*reverse_args(steps=10, num=1))
@@ -290,7 +285,8 @@ def test_autoguidance_guides_any_digit_as_the_core_does(client: Client, reg, ckp
 def test_compare_gives_both_samplers_one_x_T(client: Client) -> None:
     ddpm_img, ddim_img, ddpm_md, ddim_md, diff_img, diff_md = client.predict(
         "tiny", 20, 5, 0.0, 1, 2, "any", 1.0, api_name="/compare")
-    assert "20 model calls" in ddpm_md and "5 model calls" in ddim_md and "mean |DDPM − DDIM|" in diff_md
+    assert "step 20 / 20" in ddpm_md and "step 5 / 5" in ddim_md and "mean |DDPM − DDIM|" in diff_md
+    assert "DDIM took 25.0% of DDPM's steps" in diff_md
     assert "t = clean x₀" in ddpm_md and "t = clean x₀" in ddim_md  # not the code's t_prev = -1
     single = client.predict(*reverse_args(sampler="ddim", steps=5, seed=1, digit="any", guidance=1.0),
                             api_name="/reverse_sample")
@@ -368,6 +364,14 @@ def test_handlers_run_on_the_torch_thread() -> None:
 
     assert friendly(plain)() == torch_thread().ident
     assert set(friendly(streaming)()) == {torch_thread().ident}
+
+
+def test_whole_numbers_pass_exactly_and_fractions_are_refused() -> None:
+    assert as_int("seed", 2**60 + 1) == 2**60 + 1  # through a float it would come back as 2^60
+    assert as_int("steps", 3.0) == 3 and as_int("steps", "12") == 12
+    for bad in (2.5, True, None, "x", float("nan")):
+        with pytest.raises(ValueError, match="must be a whole number"):
+            as_int("steps", bad)
 
 
 def test_quality_table_groups_a_settings_seeds_into_one_row() -> None:
