@@ -56,13 +56,13 @@ def build(reg: Registry) -> dict:
         both = interleave_by_timestep(a, b)
         x = [None, None]
         md_ = ["", ""]
-        clock = FrameClock()
+        pace = FrameClock()
         try:
             for k, step, ca, cb in both:
                 rec.done += 1
                 x[k] = step.x
                 md_[k] = panel(("DDPM", "DDIM")[k], (ca, cb)[k], step, (c_ddpm.steps, c_ddim.steps)[k])
-                if x[0] is not None and x[1] is not None and clock.due():
+                if x[0] is not None and x[1] is not None and pace.due():
                     rec.frames.append(rec.done)
                     # The first frame clears the previous run's difference image and its mean.
                     diff_out = (None, DIFF_PENDING) if len(rec.frames) == 1 else (gr.skip(), gr.skip())

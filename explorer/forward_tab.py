@@ -121,9 +121,9 @@ def build(reg: Registry) -> dict:
         if not 2 <= n <= 1000:
             raise ValueError(f"samples must lie in 2..1000, got {n}")
         # Streamed: each yield hands the torch thread to other visitors' work, and shows progress.
-        clock = FrameClock()
+        pace = FrameClock()
         for r in chain_vs_jump_steps(s, state["x0"], t, n, make_generator(0)):
-            if not isinstance(r, ChainJump) and clock.due():
+            if not isinstance(r, ChainJump) and pace.due():
                 yield f"Running the Markov chain on {n} samples: step {r + 1} / {t + 1} …", gr.skip()
         table = (
             f"At t = {t}, {n} samples each way:\n\n"

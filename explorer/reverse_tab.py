@@ -70,13 +70,13 @@ def build(reg: Registry) -> dict:
         keep = frame_indices(cfg.steps, MAX_RECORDED_FRAMES)  # bounded: the trajectory lives in gr.State
         traj: dict = {"frames": [], "stats": [], "title": f"{name} · {sampler.upper()} · {cfg.steps} steps"}
         rec = METRICS.start("reverse", cfg.steps)
-        clock = FrameClock()
+        pace = FrameClock()
         try:
             for step in steps_iter:
                 rec.done += 1
                 traj["stats"].append(step_stats(step))
                 final = step.index == step.num_steps - 1
-                show = not final and clock.due(force=step.index == 0)
+                show = not final and pace.due(force=step.index == 0)
                 f = None
                 if step.index in keep:  # at most MAX_RECORDED_FRAMES, evenly spread, first and last included
                     f = (step.index, step.num_steps, step.t, step.t_prev, raw_grid(step.x), raw_grid(step.x0_pred))
