@@ -4,11 +4,11 @@
 
 For each MNIST checkpoint: DDIM at 10, 20 and 50 steps, unconditional (the null label) with eta 0 and
 eta 1, autoguided (the guide the card names, at its weight: unconditional, eta 0), and guided over all ten digits (classifier-free guidance, --guidance), DDIM-50 conditional without
-guidance (w = 1), and DDPM-1000 unconditional and guided (on --ddpm-num samples: it costs 20x
-DDIM-50), each with the real-vs-real floor at the same count; then DDPM-1000 vs DDIM-50 from the
+guidance (w = 1), and DDPM-1000 unconditional, autoguided and guided (on --ddpm-num samples: it costs
+20x DDIM-50), each with the real-vs-real floor at the same count; then DDPM-1000 vs DDIM-50 from the
 same x_T, per pixel.
 For circles checkpoints: the share of clean discs at DDIM-50 (eta 0 and 1) and DDPM-1000. Prints Markdown
-tables; --write-cards files every result under "evaluation" in the checkpoint's JSON card and
+tables; --write-cards adds every result to "evaluation" in the checkpoint's JSON card and
 --grids saves an 8x8 sample grid per checkpoint.
 """
 
@@ -96,6 +96,8 @@ def main() -> None:
             runs.append(EvalArgs(checkpoint=str(path), sampler="ddim", steps=50, num=a.num, seed=a.seed,
                                  all_labels=True, guidance=1.0))
         runs.append(EvalArgs(checkpoint=str(path), sampler="ddpm", num=a.ddpm_num, seed=a.seed))
+        if weight is not None:
+            runs.append(EvalArgs(checkpoint=str(path), sampler="ddpm", num=a.ddpm_num, seed=a.seed, autoguidance=weight))
         if conditional:
             runs.append(EvalArgs(checkpoint=str(path), sampler="ddpm", num=a.ddpm_num, seed=a.seed,
                                  all_labels=True, guidance=a.guidance))
@@ -114,7 +116,8 @@ def main() -> None:
         results[name] = out[:-1]  # the last DDIM-50 run only served the comparison
         if a.write_cards:
             card = read_card(path)
-            card["evaluation"] = {evaluation_key(r): r for r in out}
+            # added to what the card holds (as `evaluate --write-card` does): a result of the same key is replaced
+            card.setdefault("evaluation", {}).update({evaluation_key(r): r for r in out})
             card["evaluation_ddpm1000_vs_ddim50_mean_abs_pixel"] = round(pixel[name], 4)
             write_card(path, card)
         if a.grids:
