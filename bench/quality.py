@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.checkpoints import autoguidance_weight, read_card, write_card  # noqa: E402
+from diffusion_core.checkpoints import autoguidance_weight, read_card, update_card  # noqa: E402
 from diffusion_core.evaluate import EvalArgs, evaluate_samples, evaluation_key  # noqa: E402
 from diffusion_core.render import save_images, to_uint8  # noqa: E402
 
@@ -115,11 +115,12 @@ def main() -> None:
         pixel[name] = float((ddpm - ddim).abs().mean())  # in [-1, 1] units
         results[name] = out[:-1]  # the last DDIM-50 run only served the comparison
         if a.write_cards:
-            card = read_card(path)
-            # added to what the card holds (as `evaluate --write-card` does): a result of the same key is replaced
-            card.setdefault("evaluation", {}).update({evaluation_key(r): r for r in out})
-            card["evaluation_ddpm1000_vs_ddim50_mean_abs_pixel"] = round(pixel[name], 4)
-            write_card(path, card)
+            def add(card: dict) -> None:
+                # added to what the card holds (as `evaluate --write-card` does): a result of the same key is replaced
+                card.setdefault("evaluation", {}).update({evaluation_key(r): r for r in out})
+                card["evaluation_ddpm1000_vs_ddim50_mean_abs_pixel"] = round(pixel[name], 4)
+
+            update_card(path, add)
         if a.grids:
             big = samples[("ddim", 50, 0.0, a.num, None, None, None)][:64]
             save_images(to_uint8(big), Path(a.grids) / f"{name}-ddim50.png", nrow=8)

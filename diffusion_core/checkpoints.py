@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+try:
+    import fcntl  # POSIX; elsewhere update_card does not lock
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 from .model import ModelConfig, build_model
 from .schedules import NoiseSchedule, ScheduleConfig
@@ -71,6 +77,23 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 def write_card(path: str | os.PathLike[str], card: dict[str, Any]) -> None:
     _, card_path = checkpoint_paths(path)
     _atomic_write_bytes(card_path, (json.dumps(card, indent=2, sort_keys=False) + "\n").encode())
+
+
+def update_card(path: str | os.PathLike[str], change: Callable[[dict[str, Any]], None]) -> None:
+    """Read the card, apply `change` to it in place, and write it back, under an exclusive lock on the
+    card's folder (flock; not on Windows): processes adding evaluation results to one card at once
+    then lose none of them."""
+    _, card_path = checkpoint_paths(path)
+    folder = os.open(card_path.parent, os.O_RDONLY) if fcntl else None
+    try:
+        if folder is not None:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+        card = read_card(path)
+        change(card)
+        write_card(path, card)
+    finally:
+        if folder is not None:
+            os.close(folder)  # releases the lock
 
 
 def save_checkpoint(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoints import CheckpointError, load_checkpoint, load_guide, read_card, write_card
+from .checkpoints import CheckpointError, load_checkpoint, load_guide, update_card
 from .cli import add_dataclass_args, dataclass_from_args
 from .data import CIRCLE_MIN_CONTRAST, load_mnist, make_circles
 from .inference import Precision, resolve_precision
@@ -260,9 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"error: {e}\n")
     print(json.dumps(result))
     if a.write_card:
-        card = read_card(a.checkpoint)
-        card.setdefault("evaluation", {})[evaluation_key(result)] = result
-        write_card(a.checkpoint, card)
+        update_card(a.checkpoint, lambda card: card.setdefault("evaluation", {}).update({evaluation_key(result): result}))
 
 
 if __name__ == "__main__":

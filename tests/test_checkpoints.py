@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ from diffusion_core.checkpoints import (
     load_guide,
     read_card,
     save_checkpoint,
+    update_card,
     write_card,
 )
 from diffusion_core.model import build_model, preset
@@ -128,6 +133,23 @@ def test_unknown_schedule_in_card(tmp_path: Path) -> None:
 def _save_guide(directory: Path, name: str, schedule: str = "linear", num_classes: int = 0) -> None:
     cfg = preset("lesson", base_channels=8, num_classes=num_classes)
     save_checkpoint(directory / name, build_model(cfg), cfg, ScheduleConfig(schedule, 1000), "mnist", {})
+
+
+def test_card_updates_wait_for_each_other(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Two evaluations writing one card at once (read, add, write) must not drop either result."""
+    path = _copy(tiny_checkpoint, tmp_path)
+    held = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another process in the middle of its update
+    writer = threading.Thread(target=update_card, args=(path, lambda c: c.setdefault("evaluation", {}).update(b=2)))
+    writer.start()
+    time.sleep(0.3)
+    assert writer.is_alive(), "update_card did not wait for the lock"
+    update = read_card(path)
+    update.setdefault("evaluation", {})["a"] = 1
+    write_card(path, update)  # the other process's write, made while it holds the lock
+    os.close(held)
+    writer.join(timeout=10)
+    assert read_card(path)["evaluation"] == {"a": 1, "b": 2}
 
 
 def test_a_card_names_its_autoguidance_guide(tiny_checkpoint: Path, tmp_path: Path) -> None:
