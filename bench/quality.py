@@ -10,15 +10,23 @@ same x_T, per pixel.
 For circles checkpoints: the share of clean discs at DDIM-50 (eta 0 and 1) and DDPM-1000. Prints Markdown
 tables; --write-cards adds every result to "evaluation" in the checkpoint's JSON card and
 --grids saves an 8x8 sample grid per checkpoint.
+
+Each run's result and samples are kept in --cache as soon as the run ends, under a hash of its
+arguments and of the weights' bytes: a rerun after an interruption (hours of CPU) picks up where it
+stopped, and a changed checkpoint or setting is sampled afresh.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,6 +51,24 @@ def row(name: str, r: dict, keys: tuple[str, ...]) -> str:
     return "| " + " | ".join([name, what, str(r["num"])] + [str(r.get(k, "-")) for k in keys]) + " |"
 
 
+def cached_run(ea: EvalArgs, cache: Path | None) -> tuple[dict, torch.Tensor, bool]:
+    """evaluate_samples(ea), or what an earlier run of the same arguments on the same weights kept in
+    `cache`; returns (result, samples [N x C x H x W], whether it came from the cache)."""
+    if cache is None:
+        return *evaluate_samples(ea), False
+    weights = hashlib.sha256(Path(ea.checkpoint).with_suffix(".safetensors").read_bytes()).hexdigest()
+    args = json.dumps(dataclasses.asdict(ea), sort_keys=True)
+    file = cache / f"{Path(ea.checkpoint).name}-{hashlib.sha256((weights + args).encode()).hexdigest()[:16]}.pt"
+    if file.exists():
+        kept = torch.load(file)
+        return kept["result"], kept["samples"], True
+    r, x = evaluate_samples(ea)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"result": r, "samples": x}, file.with_suffix(".tmp"))
+    file.with_suffix(".tmp").replace(file)  # whole or absent: an interrupted save is not a result
+    return r, x, False
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", nargs="+", default=["mnist-linear", "mnist-cosine", "circles", "circles-lesson"])
@@ -53,6 +79,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-cards", action="store_true")
     p.add_argument("--grids", default="")
+    p.add_argument("--cache", default=str(ROOT / "runs" / "quality-cache"),
+                   help="folder keeping each run's result and samples ('' keeps none)")
     p.add_argument("--report", action="store_true", help="only print the tables from the cards' evaluation results")
     a = p.parse_args()
     if a.report:
@@ -105,8 +133,9 @@ def main() -> None:
         out, samples = [], {}
         for ea in runs:
             t0 = time.perf_counter()
-            r, x = evaluate_samples(ea)
-            print(f"{name}: {evaluation_key(r)} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            r, x, kept = cached_run(ea, Path(a.cache) if a.cache else None)
+            print(f"{name}: {evaluation_key(r)} " + ("kept from an earlier run" if kept else
+                  f"done in {time.perf_counter() - t0:.0f} s"), file=sys.stderr)
             out.append(r)
             samples[(r["sampler"], r["steps"], r["eta"], r["num"], r["labels"], r["guidance"], r.get("autoguidance"))] = x
         # DDPM-1000 vs DDIM-50 from the same x_T (same seed and batch size: generate draws x_T first).

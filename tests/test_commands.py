@@ -171,3 +171,34 @@ def test_clean_disc_detector() -> None:
     assert np.mean([is_clean_disc(i) for i in noisy]) < 0.05
     blank = np.full((32, 32, 3), 128, dtype=np.uint8)
     assert not is_clean_disc(blank)
+
+
+def test_quality_bench_keeps_each_run_for_a_rerun(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    """bench/quality.py keeps every run's result and samples as it ends; a rerun of the same arguments on
+    the same weights reads them back instead of sampling, and other arguments or weights sample afresh."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import quality
+    from diffusion_core.evaluate import EvalArgs
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(tiny_checkpoint.with_suffix(suffix), tmp_path / f"tiny{suffix}")
+    ea = EvalArgs(checkpoint=str(tmp_path / "tiny"), sampler="ddim", steps=2, num=4, seed=0)
+    cache = tmp_path / "cache"
+    r, x, kept = quality.cached_run(ea, cache)
+    assert not kept and len(list(cache.glob("tiny-*.pt"))) == 1 and not list(cache.glob("*.tmp"))
+
+    calls = []
+    real = quality.evaluate_samples
+    monkeypatch.setattr(quality, "evaluate_samples", lambda a: calls.append(a) or real(a))
+    r2, x2, kept = quality.cached_run(ea, cache)
+    assert kept and not calls and r2 == r and torch.equal(x2, x)
+
+    _, x3, kept = quality.cached_run(EvalArgs(**{**ea.__dict__, "seed": 1}), cache)
+    assert not kept and len(calls) == 1 and not torch.equal(x3, x)
+    # retrained weights under the same name: the kept runs are not theirs
+    cfg = preset("lesson", base_channels=8, num_classes=10)
+    save_checkpoint(tmp_path / "tiny", randomize(build_model(cfg), seed=1), cfg, ScheduleConfig("linear", 1000), "mnist", {})
+    _, _, kept = quality.cached_run(ea, cache)
+    assert not kept and len(calls) == 2
+    _, _, kept = quality.cached_run(ea, None)  # no cache: always sampled
+    assert not kept and len(calls) == 3
