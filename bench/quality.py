@@ -4,8 +4,8 @@
 
 For each MNIST checkpoint: DDIM at 10, 20 and 50 steps, unconditional (the null label) with eta 0 and
 eta 1, autoguided (the guide the card names, at its weight: unconditional, eta 0), and guided over all ten digits (classifier-free guidance, --guidance), DDIM-50 conditional without
-guidance (w = 1), and DDPM-1000 unconditional, autoguided and guided (on --ddpm-num samples: it costs
-20x DDIM-50), each with the real-vs-real floor at the same count; then DDPM-1000 vs DDIM-50 from the
+guidance (w = 1), and DDPM-1000 unconditional, autoguided (unless --no-ddpm-autoguidance) and guided
+(on --ddpm-num samples: it costs 20x DDIM-50), each with the real-vs-real floor at the same count; then DDPM-1000 vs DDIM-50 from the
 same x_T, per pixel.
 For circles checkpoints: the share of clean discs at DDIM-50 (eta 0 and 1) and DDPM-1000. Prints Markdown
 tables; --write-cards adds every result to "evaluation" in the checkpoint's JSON card and
@@ -76,6 +76,8 @@ def main() -> None:
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--ddpm-num", type=int, default=250)
     p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--no-ddpm-autoguidance", action="store_true",
+                   help="skip autoguided DDPM-1000 (two nets for 1,000 steps: the slowest run, and no gain measured)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-cards", action="store_true")
     p.add_argument("--grids", default="")
@@ -124,7 +126,7 @@ def main() -> None:
             runs.append(EvalArgs(checkpoint=str(path), sampler="ddim", steps=50, num=a.num, seed=a.seed,
                                  all_labels=True, guidance=1.0))
         runs.append(EvalArgs(checkpoint=str(path), sampler="ddpm", num=a.ddpm_num, seed=a.seed))
-        if weight is not None:
+        if weight is not None and not a.no_ddpm_autoguidance:
             runs.append(EvalArgs(checkpoint=str(path), sampler="ddpm", num=a.ddpm_num, seed=a.seed, autoguidance=weight))
         if conditional:
             runs.append(EvalArgs(checkpoint=str(path), sampler="ddpm", num=a.ddpm_num, seed=a.seed,
