@@ -12,7 +12,7 @@ tables; --write-cards adds every result to "evaluation" in the checkpoint's JSON
 --grids saves an 8x8 sample grid per checkpoint.
 
 Each run's result and samples are kept in --cache as soon as the run ends, under a hash of its
-arguments and of the weights' bytes: a rerun after an interruption (hours of CPU) picks up where it
+arguments and of the weights' bytes (the guide's too, when autoguided): a rerun after an interruption (hours of CPU) picks up where it
 stopped, and a changed checkpoint or setting is sampled afresh.
 """
 
@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.checkpoints import autoguidance_weight, read_card, update_card  # noqa: E402
+from diffusion_core.checkpoints import autoguidance_weight, checkpoint_paths, read_card, sha256_file, update_card  # noqa: E402
 from diffusion_core.evaluate import EvalArgs, evaluate_samples, evaluation_key  # noqa: E402
 from diffusion_core.render import save_images, to_uint8  # noqa: E402
 
@@ -56,9 +56,14 @@ def cached_run(ea: EvalArgs, cache: Path | None) -> tuple[dict, torch.Tensor, bo
     `cache`; returns (result, samples [N x C x H x W], whether it came from the cache)."""
     if cache is None:
         return *evaluate_samples(ea), False
-    weights = hashlib.sha256(Path(ea.checkpoint).with_suffix(".safetensors").read_bytes()).hexdigest()
-    args = json.dumps(dataclasses.asdict(ea), sort_keys=True)
-    file = cache / f"{Path(ea.checkpoint).name}-{hashlib.sha256((weights + args).encode()).hexdigest()[:16]}.pt"
+    weights, _ = checkpoint_paths(ea.checkpoint)
+    key = sha256_file(weights) + json.dumps(dataclasses.asdict(ea), sort_keys=True)
+    if ea.autoguidance != 1.0:  # the guide the run loads (evaluate_samples refuses a card that names none)
+        named = (read_card(ea.checkpoint).get("autoguidance") or {}).get("guide")
+        guide = ea.guide or (weights.parent / named if named else None)
+        if guide:
+            key += sha256_file(checkpoint_paths(guide)[0])
+    file = cache / f"{weights.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if file.exists():
         kept = torch.load(file)
         return kept["result"], kept["samples"], True

@@ -202,3 +202,12 @@ def test_quality_bench_keeps_each_run_for_a_rerun(tiny_checkpoint: Path, tmp_pat
     assert not kept and len(calls) == 2
     _, _, kept = quality.cached_run(ea, None)  # no cache: always sampled
     assert not kept and len(calls) == 3
+    # autoguided runs are keyed by the guide's weights as well
+    guide_cfg = preset("lesson", base_channels=8, num_classes=0)
+    save_checkpoint(tmp_path / "tiny-guide", build_model(guide_cfg), guide_cfg, ScheduleConfig("linear", 1000), "mnist", {})
+    write_card(tmp_path / "tiny", {**read_card(tmp_path / "tiny"), "autoguidance": {"guide": "tiny-guide", "weight": 1.5}})
+    auto = EvalArgs(**{**ea.__dict__, "autoguidance": 1.5})
+    assert [quality.cached_run(auto, cache)[2] for _ in range(2)] == [False, True] and len(calls) == 4
+    save_checkpoint(tmp_path / "tiny-guide", randomize(build_model(guide_cfg), seed=2), guide_cfg,
+                    ScheduleConfig("linear", 1000), "mnist", {})
+    assert not quality.cached_run(auto, cache)[2] and len(calls) == 5
