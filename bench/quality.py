@@ -74,6 +74,13 @@ def cached_run(ea: EvalArgs, cache: Path | None) -> tuple[dict, torch.Tensor, bo
     return r, x, False
 
 
+def run_order(r: dict) -> tuple:
+    """The order of a run's row in the tables: as main() runs them (DDIM plain, autoguided, guided,
+    conditional; then DDPM-1000), each by eta, steps and seed."""
+    return (r["sampler"] == "ddpm", r["labels"] is not None, r.get("guidance") == 1.0, bool(r.get("guide")),
+            r["eta"], r["steps"], r["seed"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", nargs="+", default=["mnist-linear", "mnist-cosine", "circles", "circles-lesson"])
@@ -97,7 +104,8 @@ def main() -> None:
             if path.with_suffix(".json").exists():
                 card = read_card(path)
                 rs = list(card.get("evaluation", {}).values())
-                results[name] = [r for r in rs if not (r["sampler"] == "ddim" and r["num"] != max(x["num"] for x in rs))]
+                rs = [r for r in rs if not (r["sampler"] == "ddim" and r["num"] != max(x["num"] for x in rs))]
+                results[name] = sorted(rs, key=run_order)  # a card holds them in the order they were filed
                 if "evaluation_ddpm1000_vs_ddim50_mean_abs_pixel" in card:
                     pixel[name] = card["evaluation_ddpm1000_vs_ddim50_mean_abs_pixel"]
         print_tables(results, pixel)
