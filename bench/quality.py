@@ -5,15 +5,16 @@
 For each MNIST checkpoint: DDIM at 10, 20 and 50 steps, unconditional (the null label) with eta 0 and
 eta 1, autoguided (the guide the card names, at its weight: unconditional, eta 0), and guided over all ten digits (classifier-free guidance, --guidance), DDIM-50 conditional without
 guidance (w = 1), and DDPM-1000 unconditional, autoguided (unless --no-ddpm-autoguidance) and guided
-(on --ddpm-num samples: it costs 20x DDIM-50), each with the real-vs-real floor at the same count; then DDPM-1000 vs DDIM-50 from the
-same x_T, per pixel.
+(on --ddpm-num samples: it costs 20x DDIM-50), each with the real-vs-real floor at the same count;
+then DDPM-1000 vs DDIM-50 from the same x_T, per pixel.
 For circles checkpoints: the share of clean discs at DDIM-50 (eta 0 and 1) and DDPM-1000. Prints Markdown
 tables; --write-cards adds every result to "evaluation" in the checkpoint's JSON card and
 --grids saves an 8x8 sample grid per checkpoint.
 
 Each run's result and samples are kept in --cache as soon as the run ends, under a hash of its
-arguments and of the weights' bytes (the guide's too, when autoguided): a rerun after an interruption (hours of CPU) picks up where it
-stopped, and a changed checkpoint or setting is sampled afresh.
+arguments and of the weights' bytes (the guide's and the scoring classifier's too): a rerun after an
+interruption (hours of CPU) picks up where it stopped, and a changed checkpoint or setting is
+sampled afresh.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def cached_run(ea: EvalArgs, cache: Path | None) -> tuple[dict, torch.Tensor, bo
         guide = ea.guide or (weights.parent / named if named else None)
         if guide:
             key += sha256_file(checkpoint_paths(guide)[0])
+    scorer, _ = checkpoint_paths(ea.classifier)  # the MNIST metrics' classifier
+    if scorer.exists():
+        key += sha256_file(scorer)
     file = cache / f"{weights.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if file.exists():
         kept = torch.load(file)
