@@ -32,7 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.checkpoints import autoguidance_weight, checkpoint_paths, read_card, sha256_file, update_card  # noqa: E402
+from diffusion_core.checkpoints import (CheckpointError, autoguidance_weight, checkpoint_paths,  # noqa: E402
+                                        named_guide, read_card, sha256_file, update_card)
 from diffusion_core.evaluate import EvalArgs, evaluate_samples, evaluation_key  # noqa: E402
 from diffusion_core.render import save_images, to_uint8  # noqa: E402
 
@@ -59,11 +60,11 @@ def cached_run(ea: EvalArgs, cache: Path | None) -> tuple[dict, torch.Tensor, bo
         return *evaluate_samples(ea), False
     weights, _ = checkpoint_paths(ea.checkpoint)
     key = sha256_file(weights) + json.dumps(dataclasses.asdict(ea), sort_keys=True)
-    if ea.autoguidance != 1.0:  # the guide the run loads (evaluate_samples refuses a card that names none)
-        named = (read_card(ea.checkpoint).get("autoguidance") or {}).get("guide")
-        guide = ea.guide or (weights.parent / named if named else None)
-        if guide:
-            key += sha256_file(checkpoint_paths(guide)[0])
+    if ea.autoguidance != 1.0:  # the guide the run loads, as load_guide finds it
+        try:
+            key += sha256_file(checkpoint_paths(ea.guide or named_guide(ea.checkpoint))[0])
+        except (CheckpointError, OSError):
+            pass  # no guide: evaluate_samples refuses the run with the reason
     scorer, _ = checkpoint_paths(ea.classifier)  # the MNIST metrics' classifier
     if scorer.exists():
         key += sha256_file(scorer)

@@ -162,22 +162,27 @@ def autoguidance_weight(card: dict[str, Any]) -> float | None:
     return float(ag["weight"]) if isinstance(ag, dict) and "guide" in ag else None
 
 
+def named_guide(path: str | os.PathLike[str], card: dict | None = None) -> Path:
+    """The path of the autoguidance guide that checkpoint `path`'s card (read unless given) names: a
+    checkpoint in the same directory."""
+    weights_path, card_path = checkpoint_paths(path)
+    ag = (read_card(path) if card is None else card).get("autoguidance")
+    if not isinstance(ag, dict) or not isinstance(ag.get("guide"), str):
+        raise CheckpointError(f"{card_path}: names no autoguidance guide (\"autoguidance\": {{\"guide\": NAME}})")
+    if Path(ag["guide"]).name != ag["guide"] or ag["guide"] in ("", ".", ".."):
+        raise CheckpointError(f"{card_path}: the guide must be a checkpoint name in the same folder, "
+                              f"got {ag['guide']!r}")
+    return weights_path.parent / ag["guide"]
+
+
 def load_guide(path: str | os.PathLike[str], device: torch.device | str = "cpu",
                guide_path: str | os.PathLike[str] | None = None) -> Checkpoint:
     """The autoguidance guide that checkpoint `path`'s card names (a checkpoint in the same directory),
     or the one at `guide_path`, loaded and checked to share the checkpoint's dataset, image format and
     noise schedule, and to be unconditional."""
-    weights_path, card_path = checkpoint_paths(path)
+    _, card_path = checkpoint_paths(path)
     card = read_card(path)
-    if guide_path is None:
-        ag = card.get("autoguidance")
-        if not isinstance(ag, dict) or not isinstance(ag.get("guide"), str):
-            raise CheckpointError(f"{card_path}: names no autoguidance guide (\"autoguidance\": {{\"guide\": NAME}})")
-        if Path(ag["guide"]).name != ag["guide"] or ag["guide"] in ("", ".", ".."):
-            raise CheckpointError(f"{card_path}: the guide must be a checkpoint name in the same folder, "
-                                  f"got {ag['guide']!r}")
-        guide_path = weights_path.parent / ag["guide"]
-    guide = load_checkpoint(guide_path, device)
+    guide = load_checkpoint(named_guide(path, card) if guide_path is None else guide_path, device)
     main_cfg = ModelConfig.from_dict(card["model"])
     if (guide.dataset != card["dataset"] or guide.schedule.config != ScheduleConfig(**card["schedule"])
             or (guide.model_config.in_channels, guide.model_config.image_size)
