@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion_core.checkpoints import autoguidance_weight, load_checkpoint, load_guide  # noqa: E402
-from diffusion_core.compiled import compile_package, load_compiled, package_path  # noqa: E402
+from diffusion_core.compiled import CompiledModel, compile_package, load_compiled, package_path  # noqa: E402
 from diffusion_core.inference import CUDAGraphModel, InferenceModel, native_bfloat16  # noqa: E402
 from diffusion_core.runtime import available_cores, select_device, set_threads  # noqa: E402
 from diffusion_core.samplers import AutoGuided, SamplerConfig, initial_noise, make_generator, sample  # noqa: E402
@@ -205,7 +205,13 @@ def main() -> None:
                 t0 = time.perf_counter()
                 compile_package(eager, package_path(ckpt, prec))
                 compile_s[prec] = time.perf_counter() - t0
-                ps[f"{'bfloat16 weights' if prec == 'bfloat16' else 'float32'}, AOTInductor"] = load_compiled(ckpt, eager)
+                label = f"{'bfloat16 weights' if prec == 'bfloat16' else 'float32'}, AOTInductor"
+                ps[label] = load_compiled(ckpt, eager)
+                # The same package with Inductor's own GroupNorm: what the channel-sums rewrite buys.
+                plain_gn = package_path(ckpt, prec).with_suffix(".torch-group-norm.pt2")
+                compile_package(eager, plain_gn, group_norm_from_sums=False)
+                ps[f"{label}, Inductor's GroupNorm"] = CompiledModel(
+                    torch._inductor.aoti_load_package(str(plain_gn)), eager, plain_gn)
         by_batch = {b: step_times(ps, ckpt.model_config, b, a.repeats, device) for b in (1, 4, 16)}
         for pname in ps:
             ts = [by_batch[b][pname] for b in (1, 4, 16)]

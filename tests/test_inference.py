@@ -78,3 +78,24 @@ def test_cuda_graphs_replay_the_model(net, precision) -> None:
     assert len(graphed._graphs) == 2  # the least recently used of three signatures was dropped
     assert graphed.cfg is eager.cfg is not None
 
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_the_compiled_group_norm_is_group_norm(groups: int) -> None:
+    """The GroupNorm that packages are built with (compiled.group_norm_from_channel_sums) against torch's."""
+    from diffusion_core.compiled import group_norm_from_channel_sums
+
+    g = torch.Generator().manual_seed(groups)
+    # an offset and a spread per channel, as conv activations have (the variance is E[x^2] - mu^2 there)
+    x = torch.randn(3, 16, 7, 5, generator=g) * torch.rand(1, 16, 1, 1, generator=g) * 3 + 4 * torch.randn(
+        1, 16, 1, 1, generator=g)
+    w, b = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        torch.testing.assert_close(group_norm_from_channel_sums(inp, groups, w, b, 1e-5),
+                                   torch.nn.functional.group_norm(inp, groups, w, b, 1e-5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(group_norm_from_channel_sums(x, groups), torch.nn.functional.group_norm(x, groups),
+                               atol=1e-5, rtol=1e-5)
+    got = group_norm_from_channel_sums(x.bfloat16(), groups, w.bfloat16(), b.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), torch.nn.functional.group_norm(x.bfloat16(), groups, w.bfloat16(),
+                                                                           b.bfloat16()).float(), atol=0.05, rtol=0.02)
