@@ -91,7 +91,7 @@ def _example_inputs(model: InferenceModel, n: int, seed: int = 0) -> tuple[torch
 def group_norm_from_channel_sums(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
                                  bias: torch.Tensor | None = None, eps: float = 1e-5,
                                  cudnn_enabled: bool = True) -> torch.Tensor:
-    """GroupNorm (Wu & He 2018, eq. 1-3) as `aten.group_norm`, computed so that channels-last code vectorizes.
+    """GroupNorm (Wu & He 2018, section 3.1) as `aten.group_norm`, computed so that channels-last code vectorizes.
 
     y = (x - mu_g) / sqrt(sigma_g^2 + eps) * gamma_c + beta_c, with mu_g and sigma_g^2 the mean and
     variance over the C/G channels of group g and all H x W positions. Here: per-channel sums of x and

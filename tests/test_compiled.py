@@ -11,7 +11,15 @@ import torch
 from conftest import randomize
 
 from diffusion_core.checkpoints import load_checkpoint, read_card, save_checkpoint, write_card
-from diffusion_core.compiled import MAX_BATCH, CompiledModel, compile_package, load_compiled, package_path
+import diffusion_core.compiled as aoti
+from diffusion_core.compiled import (
+    MAX_BATCH,
+    CompiledModel,
+    compile_package,
+    group_norm_from_channel_sums,
+    load_compiled,
+    package_path,
+)
 from diffusion_core.inference import InferenceModel
 from diffusion_core.model import build_model, preset
 from diffusion_core.runtime import available_cores
@@ -39,7 +47,12 @@ def built(tmp_path_factory: pytest.TempPathFactory):
     d = tmp_path_factory.mktemp("compiled")
     ckpt = tiny(d, "tiny")
     model = InferenceModel(ckpt.model, "bfloat16")
-    compile_package(model, package_path(ckpt, "bfloat16", d / "cache", THREADS), THREADS)
+    rewritten = []  # the GroupNorms that export handed to the channel-sums rewrite
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(aoti, "group_norm_from_channel_sums",
+                   lambda *a, **k: rewritten.append(a[0].shape[1]) or group_norm_from_channel_sums(*a, **k))
+        compile_package(model, package_path(ckpt, "bfloat16", d / "cache", THREADS), THREADS)
+    assert rewritten[:3] == [8, 16, 8]  # the lesson net's GroupNorms (enc1, enc2, dec1); export traces twice
     return d, ckpt, model
 
 

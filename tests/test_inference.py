@@ -79,7 +79,6 @@ def test_cuda_graphs_replay_the_model(net, precision) -> None:
     assert graphed.cfg is eager.cfg is not None
 
 
-
 @pytest.mark.parametrize("groups", [1, 4, 8])
 def test_the_compiled_group_norm_is_group_norm(groups: int) -> None:
     """The GroupNorm that packages are built with (compiled.group_norm_from_channel_sums) against torch's."""
