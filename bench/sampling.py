@@ -201,11 +201,12 @@ def main() -> None:
                 ps[f"{k}, CUDA graphs"] = CUDAGraphModel(ps[k])
         if device.type == "cpu":  # AOTInductor packages, as `python -m diffusion_core.compiled` builds them
             for prec in precisions:
-                eager = ps["bfloat16 weights" if prec == "bfloat16" else "float32"]
+                eager_name = "bfloat16 weights" if prec == "bfloat16" else "float32"
+                eager = ps[eager_name]
                 t0 = time.perf_counter()
                 compile_package(eager, package_path(ckpt, prec))
                 compile_s[prec] = time.perf_counter() - t0
-                label = f"{'bfloat16 weights' if prec == 'bfloat16' else 'float32'}, AOTInductor"
+                label = f"{eager_name}, AOTInductor"
                 ps[label] = load_compiled(ckpt, eager)
                 # The same package with Inductor's own GroupNorm: what the channel-sums rewrite buys.
                 plain_gn = package_path(ckpt, prec).with_suffix(".torch-group-norm.pt2")

@@ -103,8 +103,9 @@ def group_norm_from_channel_sums(x: torch.Tensor, num_groups: int, weight: torch
     (`cudnn_enabled` is aten.group_norm's and ignored.)
     """
     n, c, h, w = x.shape
-    group = torch.arange(c, device=x.device) // (c // num_groups)  # [C] the group of each channel
-    average = (group[:, None] == group[None, :]).float() / (c // num_groups * h * w)  # [C x C]
+    per_group = c // num_groups  # channels in a group
+    group = torch.arange(c, device=x.device) // per_group  # [C] the group of each channel
+    average = (group[:, None] == group[None, :]).float() / (per_group * h * w)  # [C x C]
     xf = x.float()
     moments = torch.cat([xf.sum(dim=(2, 3)), (xf * xf).sum(dim=(2, 3))]) @ average  # [2N x C]: E[x], E[x^2]
     mean, mean_sq = moments[:n], moments[n:]
