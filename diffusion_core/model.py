@@ -114,7 +114,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-Conv twice, with the time(+class) embedding added in between; 1x1 skip if widths differ."""
+    """GroupNorm-SiLU-Conv twice, with the time(+class) embedding added in between; 1x1 skip if widths differ.
+
+    `self.emb` projects the net's embedding to this block's width; the net applies it (see
+    `Conditioned.conditioning`) and hands the block its [N x c_out] slice.
+    """
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float) -> None:
         super().__init__()
@@ -128,9 +132,10 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x [N x c_in x H x W], c = self.emb(embedding) [N x c_out] -> [N x c_out x H x W]."""
         h = self.conv1(F.silu(self.norm1(x)))  # [N x c_out x H x W]
-        h = h + self.emb(emb)[:, :, None, None]  # emb: [N x emb_dim] -> [N x c_out x 1 x 1]
+        h = h + c[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
@@ -154,7 +159,8 @@ class SelfAttention(nn.Module):
 
 
 class Embedding(nn.Module):
-    """t -> sinusoidal -> MLP, plus a learned class embedding (index num_classes = null label)."""
+    """e(t, y) = MLP(sinusoid(t)) + E[y]: the time embedding plus a learned class embedding (index num_classes =
+    null label; none in an unconditional net)."""
 
     def __init__(self, base: int, emb_dim: int, num_classes: int) -> None:
         super().__init__()
@@ -162,9 +168,13 @@ class Embedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
 
-    def forward(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def time(self, t: torch.Tensor) -> torch.Tensor:
+        """MLP(sinusoid(t)): t [N] -> [N x emb_dim] in the weights' dtype."""
         dtype = self.mlp[0].weight.dtype  # float32, or bfloat16 when the whole net was cast
-        emb = self.mlp(timestep_embedding(t, self.base).to(dtype))  # [N x emb_dim]
+        return self.mlp(timestep_embedding(t, self.base).to(dtype))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        emb = self.time(t)  # [N x emb_dim]
         if self.label is not None:
             if y is None:
                 y = torch.full_like(t, self.label.num_embeddings - 1, dtype=torch.long)
@@ -172,7 +182,55 @@ class Embedding(nn.Module):
         return emb
 
 
-class UNet(nn.Module):
+class Conditioned(nn.Module):
+    """A net that sees (t, y) only through c(t, y), a few linear maps of the embedding e(t, y):
+
+        eps_theta(x_t, t, y) = denoise(x_t, c(t, y)),   c(t, y) = [W_1 e + b_1, ..., W_K e + b_K]  [N x D],
+
+    with D the sum of the K widths (one slice per block that adds the embedding, in call order). c does
+    not depend on x_t, so a caller that knows its timesteps can compute c once per timestep rather than
+    once per model call; and since e(t, y) = MLP(sinusoid(t)) + E[y] and the W_k are linear,
+    c(t, y) = c_time(t) + c_label(y): `conditioning_tables` holds every value in T + K + 1 rows
+    (diffusion_core.inference looks them up).
+    """
+
+    embed: Embedding
+
+    def projections(self) -> list[nn.Linear]:
+        """The K linear maps W_k e + b_k, in the order `denoise` consumes their slices of c."""
+        raise NotImplementedError
+
+    def conditioning(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """c(t, y): t [N], y [N] or None (the null label of a conditional net) -> [N x D]."""
+        emb = self.embed(t, y)  # [N x emb_dim]
+        return torch.cat([w(emb) for w in self.projections()], dim=1)
+
+    def conditioning_tables(self, num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(c_time [T x D], row t = [W_k MLP(sinusoid(t)) + b_k]_k, for t = 0..T-1; c_label [(classes + 1) x D],
+        row y = [W_k E[y]]_k, or None for an unconditional net), in the weights' dtype:
+        c(t, y) = c_time[t] + c_label[y], and c(t, None) = c_time[t] + c_label[null label]."""
+        ws = self.projections()
+        device = ws[0].weight.device
+        e_t = self.embed.time(torch.arange(num_timesteps, device=device))  # [T x emb_dim]
+        c_time = torch.cat([w(e_t) for w in ws], dim=1)
+        if self.embed.label is None:
+            return c_time, None
+        e_y = self.embed.label.weight  # [(classes + 1) x emb_dim]
+        return c_time, torch.cat([F.linear(e_y, w.weight) for w in ws], dim=1)
+
+    def split_conditioning(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """c [N x D] -> its K slices [N x width_k], in call order."""
+        return c.split([w.out_features for w in self.projections()], dim=1)
+
+    def denoise(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """eps_theta from x_t [N x C x H x W] and c = conditioning(t, y) [N x D]."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.denoise(x, self.conditioning(t, y))
+
+
+class UNet(Conditioned):
     """Residual U-Net: eps_theta(x_t, t, y). Input and output [N x C x H x W]; t [N]; y [N] or None.
 
     With patch_size p > 1 the net works on [N x C*p*p x H/p x W/p]: pixel_unshuffle in, pixel_shuffle
@@ -224,34 +282,42 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def _res_blocks(self) -> list[ResBlock]:
+        """Every ResBlock in the order `denoise` calls them."""
+        down = [b for level in self.down for b in level["blocks"]]
+        return down + [self.mid1, self.mid2] + [b for level in self.up for b in level["blocks"]]
+
+    def projections(self) -> list[nn.Linear]:
+        return [block.emb for block in self._res_blocks()]
+
+    def denoise(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         p = self.cfg.patch_size
-        emb = self.embed(t, y)  # [N x 4C]
+        cs = iter(self.split_conditioning(c))  # one [N x width] slice per ResBlock, in call order
         if p > 1:
             x = F.pixel_unshuffle(x, p)  # [N x C_in*p*p x H/p x W/p]
         h = self.conv_in(x)  # [N x C x H' x W'], H' = H/p
         hs = [h]
         for level in self.down:
             for block in level["blocks"]:
-                h = block(h, emb)
+                h = block(h, next(cs))
                 hs.append(h)
             if "down" in level:
                 h = level["down"](h)  # [N x c x H/2 x W/2]
                 hs.append(h)
-        h = self.mid1(h, emb)
+        h = self.mid1(h, next(cs))
         if self.attn is not None:
             h = self.attn(h)
-        h = self.mid2(h, emb)
+        h = self.mid2(h, next(cs))
         for level in self.up:
             for block in level["blocks"]:
-                h = block(torch.cat([h, hs.pop()], dim=1), emb)
+                h = block(torch.cat([h, hs.pop()], dim=1), next(cs))
             if "up" in level:
                 h = level["up"](F.interpolate(h, scale_factor=2.0, mode="nearest"))  # [N x c x 2H x 2W]
         out = self.conv_out(F.silu(self.norm_out(h)))  # [N x C_in*p*p x H' x W']
         return F.pixel_shuffle(out, p) if p > 1 else out  # [N x C_in x H x W]
 
 
-class LessonTinyUNet(nn.Module):
+class LessonTinyUNet(Conditioned):
     """The lesson's minimal TinyUNet: conv blocks at two resolutions and one skip connection.
 
     x -> enc1 (C) -> down -> enc2 (2C) -> up -> cat(enc1) -> dec1 (C) -> out, with the time
@@ -280,11 +346,14 @@ class LessonTinyUNet(nn.Module):
         self.t3 = nn.Linear(emb_dim, c1)
         self.out = nn.Conv2d(c1, cfg.in_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.embed(t, y)  # [N x E]
-        h1 = self.enc1(x) + self.t1(emb)[:, :, None, None]  # [N x c1 x H x W]
-        h2 = self.enc2(self.down(h1)) + self.t2(emb)[:, :, None, None]  # [N x c2 x H/2 x W/2]
-        h = self.dec1(torch.cat([self.up(h2), h1], dim=1)) + self.t3(emb)[:, :, None, None]  # [N x c1 x H x W]
+    def projections(self) -> list[nn.Linear]:
+        return [self.t1, self.t2, self.t3]
+
+    def denoise(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        c1, c2, c3 = (ci[:, :, None, None] for ci in self.split_conditioning(c))  # t1(e), t2(e), t3(e)
+        h1 = self.enc1(x) + c1  # [N x c1 x H x W]
+        h2 = self.enc2(self.down(h1)) + c2  # [N x c2 x H/2 x W/2]
+        h = self.dec1(torch.cat([self.up(h2), h1], dim=1)) + c3  # [N x c1 x H x W]
         return self.out(h)  # [N x C_in x H x W]
 
 
