@@ -10,6 +10,11 @@ samplers need not know about it. Paths (measured by bench/sampling.py):
   under torch.autocast instead, which re-casts every weight on every call; bench/sampling.py
   measures both.
 The sampler's own arithmetic (x_t, x_0, eps updates) always runs in float32.
+
+On the CPU a net that sees (t, y) only through its conditioning c(t, y) (model.Conditioned) does not
+recompute it per call: `ConditioningTable` holds c for every integer t < T and every label, computed
+once in float32, and the call looks its rows up and runs `denoise(x, c)` (bench/sampling.py: 0.2 to
+0.25 ms a call of `mnist-linear`'s bfloat16 package, 3 to 7%).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Literal, get_args
 
 import torch
 
+from .model import Conditioned
 from .schedules import check_choice
 
 Precision = Literal["auto", "float32", "bfloat16"]
@@ -60,17 +66,52 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+class ConditioningTable:
+    """c(t, y) of a `Conditioned` net for t = 0..T-1, looked up rather than computed: `table(t, y) -> [N x D]`.
+
+    c(t, y) = c_time[t] + c_label[y] (model.Conditioned.conditioning_tables), both computed once in float32
+    from the float32 weights, summed in float32 and cast to `dtype` per call. Returns None where the table
+    does not hold the answer (fractional t, t outside 0..T-1, another device), and the caller computes it.
+    """
+
+    def __init__(self, model: Conditioned, num_timesteps: int, dtype: torch.dtype) -> None:
+        with torch.no_grad():
+            c_time, c_label = model.conditioning_tables(num_timesteps)
+        self.c_time, self.c_label = c_time.float(), None if c_label is None else c_label.float()
+        self.null_label = model.cfg.null_label if c_label is not None else None
+        self.num_timesteps = num_timesteps
+        self.dtype = dtype
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
+        """t [N] integer, y [N] integer or None -> c [N x D] in `dtype`, or None."""
+        if t.is_floating_point() or t.ndim != 1 or t.device != self.c_time.device or not len(t):
+            return None
+        lo, hi = torch.aminmax(t)
+        if lo.item() < 0 or hi.item() >= self.num_timesteps:
+            return None
+        c = self.c_time[t]  # [N x D]
+        if self.c_label is not None:
+            c = c + (self.c_label[self.null_label] if y is None else self.c_label[y])
+        return c.to(self.dtype)
+
+
 class InferenceModel(torch.nn.Module):
     """eps_theta under the chosen precision: `InferenceModel(model, "bfloat16")(x, t, y) -> float32 eps`.
 
     float32 wraps `model` itself; bfloat16 (without autocast) and channels-last work on a copy, so the
-    caller's model is never changed.
+    caller's model is never changed. `num_timesteps` T: a `Conditioned` net on the CPU looks c(t, y) up
+    for t < T (`table`, built from `model`'s weights as they are now) instead of computing it per call.
     """
 
     def __init__(self, model: torch.nn.Module, precision: str = "float32", channels_last: bool = False,
-                 autocast: bool = False) -> None:
+                 autocast: bool = False, num_timesteps: int = 1000) -> None:
         super().__init__()
         check_choice("precision", precision, PRECISIONS[1:])
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        # Built before the bfloat16 cast: the table holds c as float32 computes it, rounded once.
+        # (under autocast too: there the embedding's linears would return bfloat16)
+        self.table = (ConditioningTable(model, num_timesteps, torch.bfloat16 if precision == "bfloat16" else torch.float32)
+                      if isinstance(model, Conditioned) and on_cpu else None)
         self.precision = precision
         self.autocast = autocast and precision == "bfloat16"
         self.dtype = torch.bfloat16 if precision == "bfloat16" and not self.autocast else torch.float32
@@ -86,8 +127,9 @@ class InferenceModel(torch.nn.Module):
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        c = self.table(t, y) if self.table is not None else None
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.model(x, t, y)
+            out = self.model(x, t, y) if c is None else self.model.denoise(x, c)
         return out.float().contiguous()
 
 

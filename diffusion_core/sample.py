@@ -75,13 +75,14 @@ def generate(
     make_generator(seed)  # validates the seed
     c, s = ckpt.model_config.in_channels, ckpt.model_config.image_size
     precision = resolve_precision(precision, torch.device(device))
-    model: torch.nn.Module = InferenceModel(ckpt.model, precision)
+    model: torch.nn.Module = InferenceModel(ckpt.model, precision, num_timesteps=ckpt.schedule.num_timesteps)
     if compiled:
         model = _compiled(ckpt, model, config, batch_size, labels is not None)
     if autoguidance != 1.0:
         if guide is None:
             raise ValueError("autoguidance needs a guide: this checkpoint's card names none")
-        model = AutoGuided(model, InferenceModel(guide.model, precision), autoguidance)
+        model = AutoGuided(model, InferenceModel(guide.model, precision, num_timesteps=guide.schedule.num_timesteps),
+                           autoguidance)
     out = []
     for k, start in enumerate(range(0, num, batch_size)):
         n = min(batch_size, num - start)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import randomize
-from diffusion_core.inference import CUDAGraphModel, InferenceModel, native_bfloat16, resolve_precision
+from diffusion_core.inference import (CUDAGraphModel, ConditioningTable, InferenceModel, native_bfloat16,
+                                      resolve_precision)
 from diffusion_core.model import build_model, preset
 
 
@@ -19,12 +20,53 @@ def net() -> torch.nn.Module:
 
 
 def test_float32_path_is_the_model(net) -> None:
+    """The float32 path is the model's own math; c(t, y) is looked up, not recomputed, so it rounds once
+    differently (W(e_t + E_y) + b against (W e_t + b) + W E_y)."""
     x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([1, 200, 600, 999]), torch.tensor([0, 3, 10, 9])
     with torch.inference_mode():
-        assert torch.equal(InferenceModel(net, "float32")(x, t, y), net(x, t, y))
-        torch.testing.assert_close(InferenceModel(net, "float32", channels_last=True)(x, t, y), net(x, t, y),
-                                   atol=1e-5, rtol=1e-5)
+        for labels in (y, None):
+            ref = net(x, t, labels)
+            torch.testing.assert_close(InferenceModel(net, "float32")(x, t, labels), ref, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(InferenceModel(net, "float32", channels_last=True)(x, t, labels), ref,
+                                       atol=1e-5, rtol=1e-5)
     assert InferenceModel(net).cfg is net.cfg
+
+
+@pytest.mark.parametrize("name", ["fast", "lesson"])
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_the_conditioning_table_holds_c(name: str, num_classes: int) -> None:
+    """c_time[t] + c_label[y] is the net's c(t, y) = [W_k e(t, y) + b_k]_k for every t and label, and
+    denoise(x, c(t, y)) is the net."""
+    torch.manual_seed(1)
+    net = randomize(build_model(preset(name, num_classes=num_classes))).eval()
+    table = ConditioningTable(net, 1000, torch.float32)
+    t = torch.arange(1000)
+    labels = [None] + ([torch.full((1000,), k) for k in range(num_classes + 1)] if num_classes else [])
+    with torch.no_grad():
+        for y in labels:
+            want = net.conditioning(t, y)  # [T x D]
+            assert want.shape == (1000, sum(w.out_features for w in net.projections()))
+            torch.testing.assert_close(table(t, y), want, atol=1e-5, rtol=1e-5)
+        x = torch.randn(3, 1, 28, 28)
+        tt, yy = torch.tensor([0, 499, 999]), (torch.tensor([2, 0, num_classes]) if num_classes else None)
+        torch.testing.assert_close(net.denoise(x, table(tt, yy)), net(x, tt, yy), atol=1e-5, rtol=1e-5)
+
+
+def test_the_table_is_used_and_falls_back_outside_it(net) -> None:
+    """Inside 0..T-1 the call reads the table (a changed row changes the output); fractional t and t
+    outside the table are computed, as the net computes them."""
+    m = InferenceModel(net, "float32", num_timesteps=1000)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        t = torch.tensor([10, 20])
+        before = m(x, t)
+        m.table.c_time[10] += 1.0
+        after = m(x, t)
+        assert not torch.allclose(after[0], before[0]) and torch.equal(after[1], before[1])
+        m.table.c_time[10] -= 1.0
+        for t in (torch.tensor([10.5, 20.0]), torch.tensor([1000, 5]), torch.tensor([-1, 5])):
+            assert m.table(t, None) is None
+            assert torch.equal(m(x, t), net(x, t)), t
 
 
 def test_bfloat16_path_is_close(net) -> None:
