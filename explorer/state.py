@@ -29,7 +29,7 @@ from diffusion_core.checkpoints import (
     load_checkpoint,
     load_guide,
 )
-from diffusion_core.compiled import CompiledModel, load_compiled
+from diffusion_core.compiled import CompiledModel, load_compiled, static_batches
 from diffusion_core.inference import CUDAGraphModel, InferenceModel, resolve_precision
 from diffusion_core.runtime import select_device, set_threads, torch_thread
 from diffusion_core.schedules import SCHEDULE_NAMES, NoiseSchedule, make_schedule
@@ -93,7 +93,9 @@ class Registry:
         return list(self.checkpoints.values()) + [g.checkpoint for g in self.guides.values()]
 
     def all_compiled(self) -> bool:
-        return all(isinstance(c.model, CompiledModel) for c in self.models())
+        """Does every model run from its packages: the one for any batch and those for static_batches()?"""
+        want = set(static_batches())
+        return all(isinstance(c.model, CompiledModel) and want <= set(c.model.batches) for c in self.models())
 
     @property
     def cuda_graphs(self) -> tuple[str, ...]:
@@ -152,7 +154,7 @@ def _load_registry(directory: str | os.PathLike[str] | None, device: str, precis
 
     def ready(ckpt: Checkpoint) -> Checkpoint:
         """ckpt with .model on the execution path: the package where one exists (CPU), else CUDA graphs or eager."""
-        ckpt.model = InferenceModel(ckpt.model, precision)
+        ckpt.model = InferenceModel(ckpt.model, precision, num_timesteps=ckpt.schedule.num_timesteps)
         if use_compiled and dev.type == "cpu":
             ckpt.model = load_compiled(ckpt, ckpt.model) or ckpt.model
         elif dev.type == "cuda" and cuda_graphs:  # one launch per model call
@@ -187,8 +189,9 @@ def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread
 
     A thread imports Inductor (about 2 s, so not before the first page), switches the checkpoints
     that have a package on this machine, and with `build` runs `python -m diffusion_core.compiled`
-    for the rest in a child process at the lowest CPU priority (25 to 35 s per `fast`
-    U-Net; visitors keep the cores), then switches those too. Packages are kept per machine
+    for the rest in a child process at the lowest CPU priority (visitors keep the cores), twice: the
+    packages for any batch (25 to 35 s per `fast` U-Net), then the ones for the fixed batch sizes of
+    diffusion_core.compiled.static_batches (about 18 s each), switching after each. Packages are kept per machine
     (diffusion_core.compiled.default_cache_dir), so later starts only load them. CPU only; returns
     the thread, or None when there is nothing to do.
     """
@@ -199,19 +202,25 @@ def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread
         import torch._inductor  # noqa: F401  (here, not on the torch thread or before the first page)
 
         torch_thread().run(_adopt_compiled, reg)
-        if not build or reg.all_compiled():
-            return
-        cmd = [sys.executable, "-m", "diffusion_core.compiled", "--checkpoints", str(reg.directory),
-               "--precision", reg.precision, "--threads", str(reg.threads), "--background"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # its own tensor work; the packages get --threads
-        try:
-            done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-        except OSError as e:
-            log.warning("could not start the compile: %s", e)
-            return
-        if done.returncode != 0:
-            log.warning("compiling the checkpoints failed; they run eagerly: %s", done.stderr.strip()[-500:])
-        torch_thread().run(_adopt_compiled, reg)  # the packages that were built, even if one failed
+        # Every net's package for any batch first (switched to as soon as they are all built), then the
+        # packages for the fixed batch sizes.
+        for batches in ([], list(static_batches())):
+            if not build or reg.all_compiled():
+                return
+            cmd = [sys.executable, "-m", "diffusion_core.compiled", "--checkpoints", str(reg.directory),
+                   "--precision", reg.precision, "--threads", str(reg.threads), "--background",
+                   "--batches", *map(str, batches)]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}  # its own tensor work; the packages get --threads
+            try:
+                done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+            except OSError as e:
+                log.warning("could not start the compile: %s", e)
+                return
+            if done.returncode != 0:
+                log.warning("compiling the checkpoints failed; they run eagerly: %s", done.stderr.strip()[-500:])
+            torch_thread().run(_adopt_compiled, reg)  # the packages that were built, even if one failed
+            if done.returncode != 0:
+                return
 
     thread = threading.Thread(target=work, name="compile-checkpoints", daemon=True)
     thread.start()
@@ -221,11 +230,14 @@ def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread
 def _adopt_compiled(reg: Registry) -> None:
     adopted = []
     for ckpt in reg.models():  # the checkpoints and their guides
-        if isinstance(ckpt.model, InferenceModel):
-            compiled = load_compiled(ckpt, ckpt.model)
-            if compiled is not None:
-                ckpt.model = compiled  # new runs use it; a run in progress holds the eager model
-                adopted.append(ckpt.name)
+        now = ckpt.model
+        eager = now.eager if isinstance(now, CompiledModel) else now
+        if not isinstance(eager, InferenceModel):
+            continue
+        compiled = load_compiled(ckpt, eager)
+        if compiled is not None and not (isinstance(now, CompiledModel) and now.batches == compiled.batches):
+            ckpt.model = compiled  # new runs use it; a run in progress holds the model it started with
+            adopted.append(f"{ckpt.name}{' (batches ' + ', '.join(map(str, compiled.batches)) + ')' if compiled.batches else ''}")
     if adopted:
         print(f"* Compiled (AOTInductor), used from the next run on: {', '.join(adopted)}", flush=True)
 

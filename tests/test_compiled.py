@@ -84,6 +84,34 @@ def test_batches_over_the_package_range_run_eagerly(built) -> None:
     assert calls == [2]
 
 
+def test_a_batch_with_its_own_package_runs_it(built) -> None:
+    """A package built for batch 2 serves calls of 2 images (and passes the probe at load); other batches
+    go to the package for any batch; both agree with eager."""
+    d, ckpt, model = built
+    path = package_path(ckpt, "bfloat16", d / "cache", THREADS, batch=2)
+    assert path != package_path(ckpt, "bfloat16", d / "cache", THREADS)
+    compile_package(model, path, THREADS, batch=2)
+    compiled = load_compiled(ckpt, model, d / "cache", THREADS, batches=(2, 4))  # no package for 4: skipped
+    assert compiled.batches == (2,)
+    assert load_compiled(ckpt, model, d / "cache", THREADS, batches=()).batches == ()
+    calls = []
+    for key, runner in (("any", compiled.runner), (2, compiled.static[2])):
+        def spy(*a, key=key, runner=runner):
+            calls.append((key, a[0].shape[0]))
+            return runner(*a)
+        if key == "any":
+            compiled.runner = spy
+        else:
+            compiled.static[2] = spy
+    g = torch.Generator().manual_seed(5)
+    for n in (2, 3, 2, 1):
+        x, t, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 1000, (n,), generator=g), None
+        with torch.inference_mode():
+            want, got = model(x, t, y), compiled(x, t, y)
+        assert (got - want).abs().max() <= 0.05 * want.abs().max(), n
+    assert calls == [(2, 2), ("any", 3), (2, 2), ("any", 1)]
+
+
 def test_compiled_sampling_gives_the_same_digits(built) -> None:
     d, ckpt, model = built
     compiled = load_compiled(ckpt, model, d / "cache", THREADS)
@@ -180,6 +208,7 @@ def test_the_app_builds_missing_packages_in_the_background(tmp_path: Path, monke
     card = read_card(tmp_path / "ckpts" / "tiny")
     write_card(tmp_path / "ckpts" / "tiny", {**card, "autoguidance": {"guide": "tiny-guide", "weight": 2.0}})
     monkeypatch.setenv("DIFFUSION_CACHE", str(tmp_path / "cache"))  # read by the child and by this process
+    monkeypatch.setenv("DIFFUSION_STATIC_BATCHES", "2")  # one fixed-batch package per net, after the others
     reg = load_registry(tmp_path / "ckpts", device="cpu", precision="bfloat16")
     assert reg.compiled == () and isinstance(reg.get("tiny").model, InferenceModel)
     assert isinstance(reg.guides["tiny"].model, InferenceModel)
@@ -189,6 +218,7 @@ def test_the_app_builds_missing_packages_in_the_background(tmp_path: Path, monke
     thread.join(timeout=240)
     assert not thread.is_alive()
     assert isinstance(reg.get("tiny").model, CompiledModel) and isinstance(reg.guides["tiny"].model, CompiledModel)
+    assert reg.get("tiny").model.batches == reg.guides["tiny"].model.batches == (2,)
     assert len(list(running)) == 3  # the run that started eagerly finishes
     assert compile_in_background(reg) is None  # nothing left to build
     # The next start: eager at first, then the packages that exist, with nothing to build.
@@ -196,6 +226,7 @@ def test_the_app_builds_missing_packages_in_the_background(tmp_path: Path, monke
     assert isinstance(again.get("tiny").model, InferenceModel)
     compile_in_background(again, build=False).join(timeout=60)
     assert isinstance(again.get("tiny").model, CompiledModel) and isinstance(again.guides["tiny"].model, CompiledModel)
+    assert again.get("tiny").model.batches == (2,)
     # ... and a start with packages at hand runs both from them at once.
     third = load_registry(tmp_path / "ckpts", device="cpu", precision="bfloat16")
     assert isinstance(third.guides["tiny"].model, CompiledModel) and compile_in_background(third) is None
