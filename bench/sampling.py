@@ -94,6 +94,54 @@ def bfloat16_paths(device: torch.device) -> bool:
     return device.type != "cpu" or native_bfloat16(device)
 
 
+FIXED_BATCHES = (1, 4, 16)  # the packages for one batch size that this run builds: the batches it times
+
+
+class EmbeddingPerCall(torch.nn.Module):
+    """An InferenceModel with its conditioning table switched off: c(t, y) computed on every call, as
+    before the table (what the table buys on the eager paths)."""
+
+    def __init__(self, model: InferenceModel) -> None:
+        super().__init__()
+        self.model, self.cfg = model, model.cfg
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        table, self.model.table = self.model.table, None
+        try:
+            return self.model(x, t, y)
+        finally:
+            self.model.table = table
+
+
+class EmbeddingInPackage(torch.nn.Module):
+    """A package of the whole net, eps(x, t, y) for any batch, as packages were built before the table
+    (format aoti-2): the time and label embedding computed inside on every call."""
+
+    def __init__(self, eager: InferenceModel, path: Path) -> None:
+        super().__init__()
+        from diffusion_core.compiled import group_norm_from_channel_sums
+
+        cfg = self.cfg = eager.cfg
+        self.dtype = eager.dtype
+        x = torch.randn(4, cfg.in_channels, cfg.image_size, cfg.image_size).to(self.dtype)
+        args = (x, torch.tensor([1, 2, 3, 4])) + ((torch.tensor([0, 1, 2, 3]),) if cfg.num_classes else ())
+        batch = torch.export.Dim("batch", min=1, max=64)
+        with torch.inference_mode():
+            exported = torch.export.export(eager.model, args, dynamic_shapes=tuple({0: batch} for _ in args))
+            decompositions = torch.export.default_decompositions()
+            decompositions[torch.ops.aten.group_norm.default] = group_norm_from_channel_sums
+            torch._inductor.aoti_compile_and_package(
+                exported.run_decompositions(decompositions), package_path=str(path),
+                inductor_configs={"freezing": True, "cpp.threads": torch.get_num_threads()})
+        self.runner = torch._inductor.aoti_load_package(str(path))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        args = (x.to(self.dtype).contiguous(), t.long())
+        if self.cfg.num_classes:
+            args += (torch.full_like(t, self.cfg.null_label) if y is None else y.long(),)
+        return self.runner(*args).float()
+
+
 class Zero(torch.nn.Module):
     """A stand-in eps-model that costs nothing: isolates what a sampling loop spends around the model."""
 
@@ -139,6 +187,17 @@ def our_loop(model, ckpt, sampler: str, steps: int, n: int, device, seed: int = 
     cfg = SamplerConfig(sampler, steps, spacing="leading")
     with torch.inference_mode():
         return sample(model, ckpt.schedule, x_T, cfg, None, g)
+
+
+def model_calls(model, ckpt, steps: int, n: int, device) -> None:
+    """The loop's model calls and nothing else (the same x every time): the floor of any sampling loop
+    that calls this model once per step."""
+    x = torch.randn(n, ckpt.model_config.in_channels, ckpt.model_config.image_size, ckpt.model_config.image_size,
+                    device=device)
+    with torch.inference_mode():
+        for t in torch.linspace(ckpt.schedule.num_timesteps - 1, 0, steps).long().tolist():
+            model(x, torch.full((n,), t, device=device), None)
+    sync()
 
 
 def diffusers_loop(model, ckpt, sampler: str, steps: int, n: int, device, seed: int = 0) -> torch.Tensor:
@@ -192,10 +251,13 @@ def main() -> None:
         ckpt.model.to(device)
         print(f"## {name}: {sum(p.numel() for p in ckpt.model.parameters()) / 1e6:.2f} M parameters, "
               f"{gf:.3f} GFLOP per image per step\n")
-        print("| path | batch 1 ms | batch 4 ms | batch 16 ms | batch 16 / FLOP bound |")
+        print("| path | batch 1 ms | batch 4 ms | batch 16 ms | over the FLOP bound at 1 / 4 / 16 |")
         print("|---|---|---|---|---|")
         ps: dict[str, torch.nn.Module] = dict(paths(ckpt.model, device))
-        compile_s = {}
+        if device.type == "cpu":  # (the table is a CPU path: on a GPU the embedding runs inside the CUDA graph)
+            ps |= {f"{k}, c(t, y) computed per call": EmbeddingPerCall(ps[k]) for k in list(ps)
+                   if k in ("float32", "bfloat16 weights")}
+        compile_s: dict[str, str] = {}
         if device.type == "cuda":  # the app's path there (explorer.state): one launch per model call
             for k in ("float32", "bfloat16 weights"):
                 ps[f"{k}, CUDA graphs"] = CUDAGraphModel(ps[k])
@@ -205,41 +267,56 @@ def main() -> None:
                 eager = ps[eager_name]
                 t0 = time.perf_counter()
                 compile_package(eager, package_path(ckpt, prec))
-                compile_s[prec] = time.perf_counter() - t0
+                any_s = time.perf_counter() - t0
+                fixed_s = []
+                for b in FIXED_BATCHES:
+                    t0 = time.perf_counter()
+                    compile_package(eager, package_path(ckpt, prec, batch=b), batch=b)
+                    fixed_s.append(time.perf_counter() - t0)
+                compile_s[prec] = (f"{any_s:.1f} s for any batch, "
+                                   + " / ".join(f"{t:.1f}" for t in fixed_s) + f" s for batch {' / '.join(map(str, FIXED_BATCHES))}")
                 label = f"{eager_name}, AOTInductor"
-                ps[label] = load_compiled(ckpt, eager)
-                # The same package with Inductor's own GroupNorm: what the channel-sums rewrite buys.
+                ps[f"{label}, fixed batch"] = load_compiled(ckpt, eager, batches=FIXED_BATCHES)
+                ps[f"{label}, any batch"] = load_compiled(ckpt, eager, batches=())
+                # The package for any batch with Inductor's own GroupNorm: what the channel-sums rewrite buys.
                 plain_gn = package_path(ckpt, prec).with_suffix(".torch-group-norm.pt2")
                 compile_package(eager, plain_gn, group_norm_from_sums=False)
-                ps[f"{label}, Inductor's GroupNorm"] = CompiledModel(
+                ps[f"{label}, any batch, Inductor's GroupNorm"] = CompiledModel(
                     torch._inductor.aoti_load_package(str(plain_gn)), eager, plain_gn)
+                # ... and with the time embedding in the package (format aoti-2): what the table buys.
+                ps[f"{label}, any batch, c(t, y) in the package"] = EmbeddingInPackage(
+                    eager, package_path(ckpt, prec).with_suffix(".embedding.pt2"))
         by_batch = {b: step_times(ps, ckpt.model_config, b, a.repeats, device) for b in (1, 4, 16)}
         for pname in ps:
             ts = [by_batch[b][pname] for b in (1, 4, 16)]
-            bound = gf * 16 / peak["bfloat16" if "bfloat16" in pname else "float32"]
-            print(f"| {pname} | {ts[0] * 1e3:.2f} | {ts[1] * 1e3:.2f} | {ts[2] * 1e3:.2f} | {ts[2] / bound:.2f}x |")
+            per_image = gf / peak["bfloat16" if "bfloat16" in pname else "float32"]  # seconds at the matmul peak
+            print(f"| {pname} | {ts[0] * 1e3:.2f} | {ts[1] * 1e3:.2f} | {ts[2] * 1e3:.2f} | "
+                  + " / ".join(f"{t / (per_image * b):.2f}x" for t, b in zip(ts, (1, 4, 16))) + " |")
         best = min(ps, key=by_batch[16].get)
         eager = [k for k in ps if "AOTInductor" not in k and "CUDA graphs" not in k]
         eager_best = min(eager, key=by_batch[16].get)
         if compile_s:
-            print("\nAOTInductor compile time, once per machine and checkpoint: " + ", ".join(
-                f"{k} {v:.1f} s" for k, v in compile_s.items()))
+            print("\nAOTInductor compile time, once per machine and checkpoint: " + "; ".join(
+                f"{k} {v}" for k, v in compile_s.items()))
         print(f"\nfastest at batch 16: {best}\n")
         print("| end to end | ours (s) | diffusers loop, same path (s) | diffusers loop, float32 model "
-              "as a diffusers user runs it (s) | ours / same path | ours / float32 user |")
-        print("|---|---|---|---|---|---|")
+              "as a diffusers user runs it (s) | ours / same path | ours / float32 user | "
+              "the model calls alone (s) | calls alone / diffusers, same path |")
+        print("|---|---|---|---|---|---|---|---|")
         plain = ps["float32"]
         reps = max(3, a.repeats // 2)
         for pname in dict.fromkeys([eager_best, best]):  # the fastest eager path, and the fastest if compiled
             fast = ps[pname]
             for sampler, steps, n in (("ddim", 50, 16), ("ddpm", 1000, 4)):
                 ours = median_time(lambda: our_loop(fast, ckpt, sampler, steps, n, device), reps, 1)
+                alone = median_time(lambda: model_calls(fast, ckpt, steps, n, device), reps, 1)
                 try:
                     same = median_time(lambda: diffusers_loop(fast, ckpt, sampler, steps, n, device), reps, 1)
                     user = median_time(lambda: diffusers_loop(plain, ckpt, sampler, steps, n, device), reps, 1)
-                    cells = f"{same:.3f} | {user:.3f} | {ours / same:.2f} | {ours / user:.2f}"
+                    cells = (f"{same:.3f} | {user:.3f} | {ours / same:.2f} | {ours / user:.2f} | {alone:.3f} | "
+                             f"{alone / same:.2f}")
                 except ImportError:
-                    cells = "diffusers not installed | - | - | -"
+                    cells = f"diffusers not installed | - | - | - | {alone:.3f} | -"
                 print(f"| {sampler.upper()}-{steps}, {n} images ({pname}) | {ours:.3f} | {cells} |")
         weight = autoguidance_weight(ckpt.card)
         if weight is not None:  # unconditional sampling as the app runs it: the fastest path, the guide on it too
@@ -247,9 +324,11 @@ def main() -> None:
             guide_gf = model_gflop(guide.model, guide.model_config)
             guide.model.to(device)
             guide_model = InferenceModel(guide.model, "bfloat16" if "bfloat16" in best else "float32")
-            if "AOTInductor" in best:
-                compile_package(guide_model, package_path(guide, guide_model.precision))
-                guide_model = load_compiled(guide, guide_model) or guide_model
+            if "AOTInductor" in best:  # the guide's packages as the model's
+                for b in (None, *FIXED_BATCHES):
+                    compile_package(guide_model, package_path(guide, guide_model.precision, batch=b), batch=b)
+                guide_model = load_compiled(guide, guide_model,
+                                            batches=FIXED_BATCHES if "fixed" in best else ()) or guide_model
             guided = AutoGuided(ps[best], guide_model, weight)
             plain_s = median_time(lambda: our_loop(ps[best], ckpt, "ddim", 50, 16, device), reps, 1)
             guided_s = median_time(lambda: our_loop(guided, ckpt, "ddim", 50, 16, device), reps, 1)

@@ -13,8 +13,9 @@ The sampler's own arithmetic (x_t, x_0, eps updates) always runs in float32.
 
 On the CPU a net that sees (t, y) only through its conditioning c(t, y) (model.Conditioned) does not
 recompute it per call: `ConditioningTable` holds c for every integer t < T and every label, computed
-once in float32, and the call looks its rows up and runs `denoise(x, c)` (bench/sampling.py: 0.2 to
-0.25 ms a call of `mnist-linear`'s bfloat16 package, 3 to 7%).
+once in float32, and the call looks its rows up and runs `denoise(x, c)` (bench/sampling.py, `mnist-linear`
+in bfloat16 at batch 1 / 4 / 16: eager 7.64 / 10.89 / 18.44 ms a call against 8.24 / 12.12 / 20.47 with c
+computed, the package 3.98 / 5.75 / 10.40 against 4.22 / 6.27 / 10.61 with c computed inside).
 """
 
 from __future__ import annotations
