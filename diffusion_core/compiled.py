@@ -25,7 +25,7 @@ A package computes eps = denoise(x_t, c) from the conditioning c(t, y), which th
 eager model's table (inference.ConditioningTable), so the time embedding is not in the package. Beside
 the package for any batch (1..MAX_BATCH) a net gets packages for a few fixed batch sizes
 (`static_batches`): with every shape known, Inductor prepacks every convolution's weights for oneDNN
-(with a symbolic batch it leaves the 1x1 and the first convolutions' weights to be reordered on every
+(with a symbolic batch it left 11 of `fast`'s 38, the 1x1 ones and the first, to be reordered on every
 call) and drops the symbolic index arithmetic (`mnist-linear`, bfloat16, AMX Xeon, bench/sampling.py:
 3.14 against 3.98 ms at batch 1, 5.02 against 5.75 ms at batch 4, 9.90 against 10.40 ms at batch 16).
 A call takes the package of its exact batch where there is one, else the one for any batch.
