@@ -72,7 +72,8 @@ class ConditioningTable:
 
     c(t, y) = c_time[t] + c_label[y] (model.Conditioned.conditioning_tables), both computed once in float32
     from the float32 weights, summed in float32 and cast to `dtype` per call. Returns None where the table
-    does not hold the answer (fractional t, t outside 0..T-1, another device), and the caller computes it.
+    does not hold the answer (fractional t, t outside 0..T-1, a label outside 0..classes, another device),
+    and the caller computes it (the net's own checks then raise for a bad label).
     """
 
     def __init__(self, model: Conditioned, num_timesteps: int, dtype: torch.dtype) -> None:
@@ -87,13 +88,20 @@ class ConditioningTable:
         """t [N] integer, y [N] integer or None -> c [N x D] in `dtype`, or None."""
         if t.is_floating_point() or t.ndim != 1 or t.device != self.c_time.device or not len(t):
             return None
-        lo, hi = torch.aminmax(t)
-        if lo.item() < 0 or hi.item() >= self.num_timesteps:
+        if not _within(t, self.num_timesteps):
             return None
         c = self.c_time[t]  # [N x D]
         if self.c_label is not None:
+            if y is not None and (y.is_floating_point() or not _within(y, len(self.c_label))):
+                return None
             c = c + (self.c_label[self.null_label] if y is None else self.c_label[y])
         return c.to(self.dtype)
+
+
+def _within(i: torch.Tensor, n: int) -> bool:
+    """Do the integer indices i all lie in 0..n-1 (a negative one would index from the end)?"""
+    lo, hi = torch.aminmax(i)
+    return lo.item() >= 0 and hi.item() < n
 
 
 class InferenceModel(torch.nn.Module):
@@ -109,8 +117,8 @@ class InferenceModel(torch.nn.Module):
         super().__init__()
         check_choice("precision", precision, PRECISIONS[1:])
         on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-        # Built before the bfloat16 cast: the table holds c as float32 computes it, rounded once.
-        # (under autocast too: there the embedding's linears would return bfloat16)
+        # Built before the bfloat16 cast: the table holds c as float32 computes it, rounded once to
+        # bfloat16 (under autocast too, where the embedding's linears return bfloat16).
         self.table = (ConditioningTable(model, num_timesteps, torch.bfloat16 if precision == "bfloat16" else torch.float32)
                       if isinstance(model, Conditioned) and on_cpu else None)
         self.precision = precision

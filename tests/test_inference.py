@@ -67,6 +67,11 @@ def test_the_table_is_used_and_falls_back_outside_it(net) -> None:
         for t in (torch.tensor([10.5, 20.0]), torch.tensor([1000, 5]), torch.tensor([-1, 5])):
             assert m.table(t, None) is None
             assert torch.equal(m(x, t), net(x, t)), t
+        t = torch.tensor([10, 20])
+        for y in (torch.tensor([-1, 3]), torch.tensor([11, 3])):  # a bad label raises as the net does
+            assert m.table(t, y) is None
+            with pytest.raises(IndexError):
+                m(x, t, y)
 
 
 def test_bfloat16_path_is_close(net) -> None:
