@@ -3,7 +3,9 @@
     python bench/app_latency.py [--checkpoints checkpoints] [--model NAME] [--repeats 20]
 
 Prints: server time of one forward scrub event (and the client round trip), time to the first
-streamed frame, and full runs: DDIM-50 for 16 images and DDPM-1000 for 4 images. Then where a
+streamed frame, and full runs: DDIM-50 for 16 images and DDPM-1000 for 4 images, through gradio_client
+and through a client that only blocks on the HTTP event stream (as a browser on another machine costs
+the server nothing). Then where a
 served run's time goes, the same two runs in the server process without HTTP, taking turns
 (`--repeats-inner`, default 3, medians): the core sampling loop alone; the reverse handler called
 directly (statistics, recorded frames, the streamed frames' upscaling, the final chart and GIF);
@@ -47,11 +49,15 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint name (default: the first loaded)")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--repeats-inner", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="the app's torch threads (default: every core)")
     a = ap.parse_args()
     from explorer import build_app, launch_kwargs  # the server's side only: the client process needs neither
+    from diffusion_core.runtime import available_cores
     from explorer.state import load_registry
 
-    reg = load_registry(a.checkpoints)
+    # All cores by default: the configuration a visitor on another machine gets (a Space); the app itself
+    # leaves one to a browser on its own machine (explorer.state.serving_threads).
+    reg = load_registry(a.checkpoints, threads=a.threads or available_cores())
     model = a.model or ("mnist-linear" if "mnist-linear" in reg.names else reg.names[0])
     demo = build_app(reg)
     # The scrub handler, timed in the server process itself (no HTTP, no queue).
@@ -146,6 +152,33 @@ def client(url: str, model: str, fmt: str, repeats: int) -> None:
     print(f"DDIM-50, 16 images: first frame {ff * 1e3:.0f} ms, full run {total:.2f} s")
     ff, total = first_frame("ddpm", 1000, 4)
     print(f"DDPM-1000, 4 images: first frame {ff * 1e3:.0f} ms, full run {total:.2f} s", flush=True)
+    # gradio_client polls its job every few ms on these same cores; a visitor's browser on another machine
+    # costs the server nothing but its own work. A client that blocks on the event stream comes closer.
+    for sampler, steps, num in (("ddim", 50, 16), ("ddpm", 1000, 4)):
+        runs = [light_run(url, [model, sampler, steps, 0.0, 0, num, "any", 1.0, 1.0]) for _ in range(2)]
+        print(f"{sampler.upper()}-{steps}, {num} images, to a client that blocks on the event stream: full run "
+              + ", ".join(f"{t:.2f} s ({n} frames)" for t, n in runs), flush=True)
+
+
+def light_run(url: str, data: list) -> tuple[float, int]:
+    """One Reverse run through Gradio's HTTP API (POST, then read the server-sent events until the last):
+    (seconds, streamed frames)."""
+    import json
+    import urllib.request
+
+    t0 = time.perf_counter()
+    req = urllib.request.Request(f"{url}gradio_api/call/reverse_sample", data=json.dumps({"data": data}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        event_id = json.load(r)["event_id"]
+    frames = 0
+    with urllib.request.urlopen(f"{url}gradio_api/call/reverse_sample/{event_id}", timeout=300) as r:
+        for line in r:
+            if line.startswith(b"event: generating"):
+                frames += 1
+            elif line.startswith(b"event: complete") or line.startswith(b"event: error"):
+                break
+    return time.perf_counter() - t0, frames
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from diffusion_core.checkpoints import (
 )
 from diffusion_core.compiled import CompiledModel, load_compiled, static_batches
 from diffusion_core.inference import CUDAGraphModel, InferenceModel, resolve_precision
-from diffusion_core.runtime import select_device, set_threads, torch_thread
+from diffusion_core.runtime import available_cores, select_device, set_threads, torch_thread
 from diffusion_core.schedules import SCHEDULE_NAMES, NoiseSchedule, make_schedule
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,36 @@ class Registry:
 ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def serving_threads(cores: int, server_name: str | None) -> int:
+    """The app's torch threads: every core, but one fewer when the app serves this machine only (Gradio's
+    default host, 127.0.0.1), where the visitor's browser runs on the same cores.
+
+    An OpenMP pool as wide as the machine stalls whenever another process takes one of its cores: each of
+    a model call's parallel regions waits for the descheduled thread. Measured on 2 cores (AMX Xeon,
+    session 20; `mnist-linear`, its packages, DDPM-1000 for 4 images guided): served to Chromium on the
+    same machine 15.0 to 16.4 s on 2 threads, 8.2 to 9.2 s on 1; to a light client (curl, as a remote
+    browser costs the server nothing) 4.1 to 4.5 s on 2 threads, 4.8 s on 1 (docs/speed.md, session 20).
+    So a server reachable from elsewhere (a Space sets GRADIO_SERVER_NAME=0.0.0.0) keeps every core.
+    """
+    local = (server_name or "127.0.0.1") in LOCAL_HOSTS
+    return max(1, cores - 1) if local else cores
+
+
+def app_threads() -> int:
+    """$EXPLORER_THREADS, else serving_threads(available cores, $GRADIO_SERVER_NAME)."""
+    env = os.environ.get("EXPLORER_THREADS")
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"EXPLORER_THREADS must be a whole number >= 1, got {env!r}")
+        return int(env)
+    return serving_threads(available_cores(), os.environ.get("GRADIO_SERVER_NAME"))
+
+
 def load_registry(directory: str | os.PathLike[str] | None = None, device: str = "auto",
-                  precision: str | None = None, compiled: bool | None = None) -> Registry:
+                  precision: str | None = None, compiled: bool | None = None, threads: int | None = None) -> Registry:
     """Choose the device, size the thread pool and load every diffusion checkpoint in `directory`.
 
     `directory` defaults to $EXPLORER_CHECKPOINTS or ./checkpoints; `precision` to $EXPLORER_PRECISION
@@ -131,24 +159,25 @@ def load_registry(directory: str | os.PathLike[str] | None = None, device: str =
     $EXPLORER_COMPILED is "0"), else eagerly; on a CUDA GPU from CUDA graphs, unless
     $EXPLORER_COMPILED is "0" or this is a ZeroGPU Space. Raises if no checkpoint loads. Runs on the
     torch thread, like every handler (explorer.common.friendly), so that one OS thread does all of
-    the app's torch work; the calling thread and threads started later get one intra-op thread each
-    (TorchThread.confine_others).
+    the app's torch work, with `threads` intra-op threads (default: app_threads()); the calling thread
+    and threads started later get one intra-op thread each (TorchThread.confine_others).
     """
     allowed = os.environ.get("EXPLORER_COMPILED", "1") != "0"  # "1" or "use": run packages that exist
     if compiled is None:
         compiled = allowed
     # CUDA graphs need no compiler (nothing to defer, unlike AOTInductor): on unless $EXPLORER_COMPILED is "0".
     cuda_graphs = allowed and not ZERO_GPU
-    reg = torch_thread().run(_load_registry, directory, device, precision, compiled, cuda_graphs)
+    reg = torch_thread().run(_load_registry, directory, device, precision, compiled, cuda_graphs,
+                             threads or app_threads())
     torch_thread().confine_others()
     return reg
 
 
 def _load_registry(directory: str | os.PathLike[str] | None, device: str, precision: str | None,
-                   use_compiled: bool, cuda_graphs: bool) -> Registry:
+                   use_compiled: bool, cuda_graphs: bool, threads: int) -> Registry:
     directory = Path(directory or os.environ.get("EXPLORER_CHECKPOINTS") or DEFAULT_CHECKPOINT_DIR)
     dev = select_device(device)
-    threads = set_threads()
+    threads = set_threads(threads)
     precision = resolve_precision(precision or os.environ.get("EXPLORER_PRECISION", "auto"), dev)
     loaded, skipped, guides = {}, {}, {}
 

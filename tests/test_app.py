@@ -354,6 +354,27 @@ def test_all_torch_work_runs_on_the_torch_thread(client: Client, reg) -> None:
     assert torch_thread().run(torch.get_num_threads) == reg.threads
 
 
+def test_the_app_leaves_a_core_to_a_browser_on_the_same_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that only this machine can reach (Gradio's default host) shares its cores with the
+    visitor's browser: one torch thread fewer than the cores. A server reachable from elsewhere keeps them."""
+    from explorer.state import app_threads, serving_threads
+
+    assert [serving_threads(n, None) for n in (1, 2, 8)] == [1, 1, 7]
+    assert serving_threads(2, "127.0.0.1") == serving_threads(2, "localhost") == 1
+    assert serving_threads(2, "0.0.0.0") == 2 and serving_threads(8, "0.0.0.0") == 8
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setattr("explorer.state.available_cores", lambda: 4)
+    assert app_threads() == 4
+    monkeypatch.delenv("GRADIO_SERVER_NAME")
+    assert app_threads() == 3
+    monkeypatch.setenv("EXPLORER_THREADS", "2")
+    assert app_threads() == 2
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("EXPLORER_THREADS", bad)
+        with pytest.raises(ValueError, match="EXPLORER_THREADS"):
+            app_threads()
+
+
 def test_handlers_run_on_the_torch_thread() -> None:
     def plain() -> int:
         return threading.get_ident()

@@ -166,10 +166,10 @@ def test_the_app_runs_compiled_checkpoints(built, monkeypatch: pytest.MonkeyPatc
 
     d, ckpt, _ = built
     monkeypatch.setattr("diffusion_core.compiled.default_cache_dir", lambda: d / "cache")
-    reg = load_registry(d, device="cpu", precision="bfloat16", compiled=True)
+    reg = load_registry(d, device="cpu", precision="bfloat16", compiled=True, threads=THREADS)
     assert reg.compiled == ("tiny",) and isinstance(reg.get("tiny").model, CompiledModel)
     assert "compiled ahead of time (AOTInductor): `tiny`" in header(reg)
-    off = load_registry(d, device="cpu", precision="bfloat16", compiled=False)
+    off = load_registry(d, device="cpu", precision="bfloat16", compiled=False, threads=THREADS)
     assert off.compiled == () and not isinstance(off.get("tiny").model, CompiledModel)
 
 
