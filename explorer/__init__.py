@@ -31,7 +31,7 @@ def header(reg: Registry) -> str:
     if reg.cuda_graphs:
         models += f" · replayed from CUDA graphs: {', '.join(f'`{n}`' for n in reg.cuda_graphs)}"
     return (f"# Diffusion Explorer\nHow DDPM and DDIM turn noise into images, on small U-Nets trained for this app. "
-            f"**Device: {reg.device.type.upper()}** ({reg.precision}) · {reg.threads} CPU threads · models: {models}"
+            f"**Device: {reg.device.type.upper()}** ({reg.precision}) · {reg.threads} CPU thread{'s' if reg.threads != 1 else ''} · models: {models}"
             + skipped)
 
 
