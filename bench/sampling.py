@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion_core.checkpoints import autoguidance_weight, load_checkpoint, load_guide  # noqa: E402
-from diffusion_core.compiled import CompiledModel, compile_package, load_compiled, package_path  # noqa: E402
+from diffusion_core.compiled import (CompiledModel, compile_package, load_compiled, package_module,  # noqa: E402
+                                     package_path)
 from diffusion_core.inference import CUDAGraphModel, InferenceModel, native_bfloat16  # noqa: E402
 from diffusion_core.runtime import available_cores, select_device, set_threads  # noqa: E402
 from diffusion_core.samplers import AutoGuided, SamplerConfig, initial_noise, make_generator, sample  # noqa: E402
@@ -119,20 +120,11 @@ class EmbeddingInPackage(torch.nn.Module):
 
     def __init__(self, eager: InferenceModel, path: Path) -> None:
         super().__init__()
-        from diffusion_core.compiled import group_norm_from_channel_sums
-
         cfg = self.cfg = eager.cfg
         self.dtype = eager.dtype
         x = torch.randn(4, cfg.in_channels, cfg.image_size, cfg.image_size).to(self.dtype)
         args = (x, torch.tensor([1, 2, 3, 4])) + ((torch.tensor([0, 1, 2, 3]),) if cfg.num_classes else ())
-        batch = torch.export.Dim("batch", min=1, max=64)
-        with torch.inference_mode():
-            exported = torch.export.export(eager.model, args, dynamic_shapes=tuple({0: batch} for _ in args))
-            decompositions = torch.export.default_decompositions()
-            decompositions[torch.ops.aten.group_norm.default] = group_norm_from_channel_sums
-            torch._inductor.aoti_compile_and_package(
-                exported.run_decompositions(decompositions), package_path=str(path),
-                inductor_configs={"freezing": True, "cpp.threads": torch.get_num_threads()})
+        package_module(eager.model, args, path)
         self.runner = torch._inductor.aoti_load_package(str(path))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

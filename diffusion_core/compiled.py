@@ -172,12 +172,21 @@ def compile_package(model: InferenceModel, path: Path, threads: int | None = Non
         raise ValueError(f"a package's batch lies in 1..{MAX_BATCH}, got {batch}")
     x, t, *y = _example_inputs(model, batch or 4)
     args = (x.to(model.dtype), model.table(t, y[0] if y else None))
-    any_batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    dims = None if batch else ({0: any_batch}, {0: any_batch})
+    return package_module(Denoiser(model.model), args, path, threads, any_batch=batch is None,
+                          group_norm_from_sums=group_norm_from_sums)
+
+
+def package_module(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, threads: int | None = None,
+                   any_batch: bool = True, group_norm_from_sums: bool = True) -> Path:
+    """Export `module` at the example `args` (with their first dimension free in 1..MAX_BATCH if
+    `any_batch`, else fixed) and compile it into `path` for `threads` threads, every GroupNorm rewritten
+    as group_norm_from_channel_sums unless `group_norm_from_sums` is False."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    dims = tuple({0: batch} for _ in args) if any_batch else None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # Inductor wants the .pt2 suffix
     with torch.inference_mode():
-        exported = torch.export.export(Denoiser(model.model), args, dynamic_shapes=dims)
+        exported = torch.export.export(module, args, dynamic_shapes=dims)
         if group_norm_from_sums:
             decompositions = torch.export.default_decompositions()
             decompositions[torch.ops.aten.group_norm.default] = group_norm_from_channel_sums

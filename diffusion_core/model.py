@@ -11,6 +11,7 @@ Two architectures share one config and one call signature, `model(x_t, t, y=None
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
@@ -218,9 +219,14 @@ class Conditioned(nn.Module):
         e_y = self.embed.label.weight  # [(classes + 1) x emb_dim]
         return c_time, torch.cat([F.linear(e_y, w.weight) for w in ws], dim=1)
 
+    @functools.cached_property
+    def conditioning_widths(self) -> list[int]:
+        """The K widths of c's slices, in call order (fixed once the net is built)."""
+        return [w.out_features for w in self.projections()]
+
     def split_conditioning(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """c [N x D] -> its K slices [N x width_k], in call order."""
-        return c.split([w.out_features for w in self.projections()], dim=1)
+        return c.split(self.conditioning_widths, dim=1)
 
     def denoise(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """eps_theta from x_t [N x C x H x W] and c = conditioning(t, y) [N x D]."""
