@@ -73,8 +73,8 @@ PROBE_RTOL = {"float32": 1e-3, "bfloat16": 0.05}
 # rsqrt(var + eps) * gamma, one value per (image, channel), was recomputed for every pixel, a square
 # root and a division per element beside SiLU's exponential; at 5, expressions of more than 5 ops are
 # computed once into a buffer. bfloat16 calls of mnist-linear / its guide / circles / circles-lesson at
-# batch 16 on the AMX Xeon, one run each: 7.25 -> 6.40, 6.93 -> 4.84, 9.27 -> 7.34, 3.19 -> 2.48 ms
-# (batch 4: 1.07x to 1.16x; batch 1: 1.00x to 1.08x; float32: 1.01x to 1.13x; docs/speed.md, session 21).
+# batch 16 on the AMX Xeon (bench/package_configs.py): 6.73 -> 5.88, 6.81 -> 4.60, 8.37 -> 7.36,
+# 3.25 -> 1.82 ms (batch 4: 1.05x to 1.21x; batch 1: 0.95x to 1.09x; docs/speed.md, session 21).
 INDUCTOR_CONFIGS = {"freezing": True, "realize_opcount_threshold": 5}
 
 
