@@ -1,6 +1,6 @@
 """Which U-Net shape is cheap on 2 CPU cores: sampling and training speed of candidate nets.
 
-    python bench/arch.py [--repeats 15] [--train-steps 30] [--no-compile] [--only "fast,p2 64/128"]
+    python bench/arch.py [--repeats 15] [--train-steps 30] [--no-compile] [--only fast "p2 64/128"]
 
 Every candidate takes a 28x28 MNIST digit and a label (10 classes + null), and is built with
 random weights (speed does not depend on them). For each it prints parameters, GFLOP per image
@@ -168,9 +168,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--train-steps", type=int, default=30)
     p.add_argument("--no-compile", action="store_true", help="skip the AOTInductor packages (about 20 s each)")
-    p.add_argument("--only", default="", help="comma-separated candidate names (default: all)")
+    p.add_argument("--only", nargs="+", default=[], help="candidate names (default: all)")
     a = p.parse_args()
-    only = [k.strip() for k in a.only.split(",") if k.strip()]
+    only = a.only
     built = candidates()
     unknown = set(only) - set(built)
     if unknown:
