@@ -6,7 +6,7 @@ Every candidate takes a 28x28 MNIST digit and a label (10 classes + null), and i
 random weights (speed does not depend on them). For each it prints parameters, GFLOP per image
 step, one sampling call at batch 1, 4 and 16 in the app's precision (bfloat16 on a CPU that computes
 it natively, else float32; eager, and AOTInductor packages built for 2 threads as the app runs
-them: one per batch size, `compiled.STATIC_BATCHES`), the ratio to the FLOP bound at batch 16, and one training step
+them: one for each of these fixed batch sizes), the ratio to the FLOP bound at batch 16, and one training step
 as the DDP recipe runs it per process (1 thread, batch 32, `--amp auto`'s autocast, min-SNR loss, AdamW).
 Candidates:
 - `fast`: the shipped checkpoints' net (widths 16/32/64 at 28/14/7, attention at 7x7).

@@ -60,17 +60,14 @@ def main() -> None:
     print("\n| checkpoint | realize_opcount_threshold | batch 1 ms | batch 4 ms | batch 16 ms | "
           "max rel. difference from eager |")
     print("|---|---|---|---|---|---|")
-    g = torch.Generator().manual_seed(0)
     for name in a.checkpoints:
         model = InferenceModel(load_checkpoint(ROOT / "checkpoints" / name).model, precision)
-        cfg = model.cfg
         ms: dict[tuple, float] = {}
         err: dict[tuple, float] = {}
         for batch in BATCHES:
             runners = {v: build(model, v, batch, cache) for v in thresholds}
-            x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
-            t = torch.randint(0, model.table.num_timesteps, (batch,), generator=g)
-            y = torch.randint(0, cfg.num_classes + 1, (batch,), generator=g) if cfg.num_classes else None
+            x, t, *y = compiled._example_inputs(model, batch)  # the load probe's draws
+            y = y[0] if y else None
             args = (x.to(model.dtype), model.table(t, y))
             times: dict = {v: [] for v in thresholds}
             with torch.inference_mode():

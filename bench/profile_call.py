@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import torch._inductor.config as inductor_config  # noqa: E402
 
 from diffusion_core.checkpoints import load_checkpoint  # noqa: E402
-from diffusion_core.compiled import compile_package  # noqa: E402
+from diffusion_core.compiled import _example_inputs, compile_package  # noqa: E402
 from diffusion_core.inference import InferenceModel, resolve_precision  # noqa: E402
 from sampling import matmul_peak, model_gflop  # noqa: E402  (bench/sampling.py, beside this script)
 
@@ -44,11 +44,8 @@ def runner_and_inputs(a, batch: int, cache: Path):
     if not path.exists():
         with inductor_config.patch({"cpp.enable_kernel_profile": True}):
             compile_package(model, path, batch=batch)
-    g = torch.Generator().manual_seed(0)
-    cfg = model.cfg
-    x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g).to(model.dtype)
-    t = torch.randint(0, model.table.num_timesteps, (batch,), generator=g)
-    y = torch.randint(0, cfg.num_classes + 1, (batch,), generator=g) if cfg.num_classes else None
+    x, t, *y = _example_inputs(model, batch)  # the load probe's draws: x_t, t and (conditional nets) labels
+    x, y = x.to(model.dtype), (y[0] if y else None)
     return ckpt, model, torch._inductor.aoti_load_package(str(path)), (x, model.table(t, y))
 
 
