@@ -4,10 +4,17 @@ It loads every diffusion checkpoint in ./checkpoints once (or $EXPLORER_CHECKPOI
 chosen once at start-up (CUDA, then MPS, then CPU). On the CPU it runs each checkpoint from its
 AOTInductor package where this machine has one, and builds the missing ones in the background at
 the lowest priority ($EXPLORER_COMPILED: "1" by default, "use" for existing packages only, "0" for
-none). The views live in explorer/, the math in diffusion_core/.
+none). Run as a command on Linux, it first re-executes itself with tcmalloc or jemalloc preloaded
+where one is installed (diffusion_core/allocator.py; DIFFUSION_ALLOCATOR=system to keep glibc's).
+The views live in explorer/, the math in diffusion_core/.
 """
 
 import os
+
+if __name__ == "__main__":  # before torch is imported: the loader takes a malloc only at start-up
+    from diffusion_core.allocator import reexec_with_fast_malloc
+
+    reexec_with_fast_malloc()
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
@@ -18,6 +25,9 @@ registry = load_registry(compiled=False)  # eager first: loading packages import
 demo = build_app(registry)
 
 if __name__ == "__main__":
+    from diffusion_core.allocator import loaded_malloc
+
+    print(f"* malloc: {loaded_malloc()}", flush=True)
     mode = os.environ.get("EXPLORER_COMPILED", "1")  # "use": existing packages only; "0": none
     if mode != "0":
         compile_in_background(registry, build=mode != "use")

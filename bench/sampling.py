@@ -7,8 +7,9 @@ work from a second OS thread costs (why the app keeps its torch work on one thre
 --app adds the app's figures: cold start of `python app.py` to the first served page, and
 bench/app_latency.py (forward-scrub handler, time to the first streamed frame, full runs).
 
-Prints tables; every figure is the median of --repeats runs measured in this one process.
-Nothing here is a test: machines are shared and noisy, so read ratios, not absolute times.
+Prints tables; every figure is the median of --repeats runs measured in this one process, which
+runs on the app's malloc (tcmalloc or jemalloc where installed: diffusion_core/allocator.py; the
+header names it). Nothing here is a test: machines are shared and noisy, so read ratios, not absolute times.
 """
 
 from __future__ import annotations
@@ -22,12 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__":  # the app's malloc, chosen before torch is imported (as app.py does)
+    from diffusion_core.allocator import reexec_with_fast_malloc
+
+    reexec_with_fast_malloc()
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from diffusion_core.allocator import loaded_malloc  # noqa: E402
 from diffusion_core.checkpoints import autoguidance_weight, load_checkpoint, load_guide  # noqa: E402
 from diffusion_core.compiled import (CompiledModel, compile_package, load_compiled, package_module,  # noqa: E402
                                      package_path)
@@ -227,7 +234,7 @@ def main() -> None:
                platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     print(f"# machine: {cpu}, {available_cores()} cores, {threads} threads, device {device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, torch {torch.__version__}, "
-          f"native bfloat16: {native_bfloat16(device)}")
+          f"native bfloat16: {native_bfloat16(device)}, malloc {loaded_malloc()}")
     peak = {"float32": matmul_peak(torch.float32, device, a.repeats),
             "bfloat16": matmul_peak(torch.bfloat16, device, a.repeats)}
     print(f"# matmul peak ({matmul_size(device)}^3): float32 {peak['float32']:.0f} GFLOP/s, "

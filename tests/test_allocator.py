@@ -1,0 +1,95 @@
+"""diffusion_core.allocator: a command re-executes itself once with tcmalloc or jemalloc preloaded."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from diffusion_core.allocator import ENV, find_fast_malloc
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = find_fast_malloc() if sys.platform.startswith("linux") else None
+# CI installs libtcmalloc-minimal4 (.ci/run), so there the re-execution must be tested, never skipped.
+needs_fast = pytest.mark.skipif(FAST is None and not os.environ.get("CI"), reason="no tcmalloc or jemalloc here")
+
+SCRIPT = """
+import sys
+from diffusion_core.allocator import loaded_malloc, reexec_with_fast_malloc
+print("start", sys.argv[1:], flush=True)
+reexec_with_fast_malloc()
+import torch  # after the choice, as in app.py
+x = torch.ones(3)
+print("malloc", loaded_malloc(), sys.argv[1:], float(x.sum()))
+"""
+
+
+def run_script(tmp_path: Path, **env: str) -> list[str]:
+    script = tmp_path / "cmd.py"
+    script.write_text(SCRIPT)
+    clean = {k: v for k, v in os.environ.items() if k not in (ENV, "LD_PRELOAD", "_DIFFUSION_ALLOCATOR_TRIED")}
+    out = subprocess.run([sys.executable, str(script), "a b", "--flag"], cwd=ROOT, capture_output=True, text=True,
+                         env={**clean, "PYTHONPATH": str(ROOT), **env}, timeout=120, check=True).stdout
+    return out.splitlines()
+
+
+def test_importing_the_package_and_allocator_imports_no_torch() -> None:
+    code = "import sys, diffusion_core, diffusion_core.allocator; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    import diffusion_core  # the package's names still resolve, on first use
+    from diffusion_core.forward import q_sample
+
+    assert diffusion_core.q_sample is q_sample and "q_sample" in dir(diffusion_core)
+    with pytest.raises(AttributeError, match="no attribute 'q_smaple'"):
+        diffusion_core.q_smaple  # noqa: B018
+
+
+def test_choices() -> None:
+    assert find_fast_malloc("system") is None
+    assert find_fast_malloc("/opt/lib/libmine.so") == "/opt/lib/libmine.so"
+
+
+@needs_fast
+def test_a_command_reexecutes_once_with_the_fast_malloc(tmp_path: Path) -> None:
+    lines = run_script(tmp_path)
+    # "start" twice: the command ran again, with its arguments, and only once more.
+    assert lines[:2] == ["start ['a b', '--flag']"] * 2 and len(lines) == 3, lines
+    malloc, file, rest = lines[2].split(" ", 2)  # the mapped file: the soname's target, e.g. libjemalloc.so.2
+    assert malloc == "malloc" and file.startswith(FAST) and rest == "['a b', '--flag'] 3.0"
+
+
+def test_system_keeps_the_c_librarys_malloc(tmp_path: Path) -> None:
+    assert run_script(tmp_path, **{ENV: "system"}) == ["start ['a b', '--flag']", "malloc system ['a b', '--flag'] 3.0"]
+
+
+def test_a_library_the_loader_refuses_does_not_loop(tmp_path: Path) -> None:
+    lines = run_script(tmp_path, **{ENV: str(tmp_path / "libmissing.so")})
+    assert lines == ["start ['a b', '--flag']"] * 2 + ["malloc system ['a b', '--flag'] 3.0"]
+
+
+@needs_fast
+def test_the_app_serves_on_the_fast_malloc(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    clean = {k: v for k, v in os.environ.items() if k not in (ENV, "LD_PRELOAD", "_DIFFUSION_ALLOCATOR_TRIED")}
+    env = {**clean, "GRADIO_SERVER_PORT": str(port), "EXPLORER_COMPILED": "0", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines, deadline = [], time.monotonic() + 120
+        while time.monotonic() < deadline and (line := proc.stdout.readline()):
+            lines.append(line.strip())
+            if "Running on" in line:
+                break
+        assert any(line.startswith(f"* malloc: {FAST}") for line in lines), lines
+        assert any("Running on" in line for line in lines), lines
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
