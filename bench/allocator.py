@@ -6,14 +6,15 @@ Each measurement runs in a child process with the library preloaded (LD_PRELOAD;
 takes a malloc only at start-up), the mallocs taking turns for --rounds rounds. A child loads the
 app's fixed-batch packages (built first where missing, in the app's cache) and times one call at
 batch 1, 4 and 16 (median of 100), the eager net at batch 16 (median of 20), and the core's sampling
-loop: DDIM-50 for 16 images (median of 5) and DDPM-1000 for 4 (median of 3). The table gives the
-median over rounds and each fast malloc's speed-up over glibc's, measured in the same run.
+loop: DDIM-50 for 16 images (median of 5) and DDPM-1000 for 4 (median of 3). Then the app's cold
+start, `python app.py` to its first served page, with DIFFUSION_ALLOCATOR set to each choice (so
+for a fast malloc it includes the app re-executing itself). The table gives the median over rounds
+and each fast malloc's speed-up over glibc's, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import json
 import os
 import statistics
@@ -24,12 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.allocator import ENV, FAST_MALLOCS, loaded_malloc  # noqa: E402  (torch-free)
+from diffusion_core.allocator import ENV, FAST_MALLOCS, library_path, loaded_malloc  # noqa: E402  (torch-free)
+from sampling import cold_start  # noqa: E402  (bench/sampling.py, beside this script; imports torch)
 
 BATCHES = (1, 4, 16)
 FIGURES = {"call1": "package call, batch 1 (ms)", "call4": "package call, batch 4 (ms)",
            "call16": "package call, batch 16 (ms)", "eager16": "eager call, batch 16 (ms)",
-           "ddim50x16": "DDIM-50, 16 images (s)", "ddpm1000x4": "DDPM-1000, 4 images (s)"}
+           "ddim50x16": "DDIM-50, 16 images (s)", "ddpm1000x4": "DDPM-1000, 4 images (s)",
+           "cold": "app cold start to the first page (s)"}
 
 
 def setup(a):
@@ -53,7 +56,7 @@ def setup(a):
 def measure(a) -> dict[str, float | str]:
     import torch
 
-    from sampling import median_time, our_loop  # bench/sampling.py, beside this script
+    from sampling import median_time, our_loop
 
     ckpt, eager, compiled = setup(a)
     cfg = ckpt.model_config
@@ -82,7 +85,7 @@ def main() -> None:
     if a.child:
         print(json.dumps(measure(a)))
         return
-    mallocs = {"glibc": ""} | {m: lib for m in FAST_MALLOCS if (lib := ctypes.util.find_library(m))}
+    mallocs = {"glibc": ""} | {m: lib for m in FAST_MALLOCS if (lib := library_path(m))}
     if len(mallocs) == 1:
         sys.exit("no tcmalloc or jemalloc installed here (Debian: apt install libtcmalloc-minimal4 libjemalloc2)")
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {ENV: "system"}  # no re-execution
@@ -94,6 +97,9 @@ def main() -> None:
             env = base | ({"LD_PRELOAD": lib} if lib else {})
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
             runs[m].append(json.loads(out.splitlines()[-1]))
+    for r in range(a.rounds):
+        for m, lib in mallocs.items():
+            runs[m][r]["cold"] = cold_start(**{ENV: lib or "system"})
     first = runs["glibc"][0]
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"# {a.checkpoint}, {first['precision']} packages, {first['threads']} threads, {cpu}, {os.cpu_count()} cores; "

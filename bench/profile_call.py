@@ -8,7 +8,8 @@ prints the profiler's self time per call summed by kind: oneDNN convolutions as 
 them (ATen's mkldnn ops, with their framework around the kernel), Inductor's fused loops, matmuls
 and the rest. A second process runs the same calls with ONEDNN_VERBOSE=profile_exec and sums the
 convolution kernels' own execution times, so "around the kernel" is the difference. The FLOP bound
-is the net's FLOPs at the measured 1024^3 matmul peak of the precision (bench/sampling.py).
+is the net's FLOPs at the measured 1024^3 matmul peak of the precision (bench/sampling.py). It runs
+on the app's malloc (diffusion_core/allocator.py; DIFFUSION_ALLOCATOR=system for glibc's).
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__":  # the app's malloc, chosen before torch is imported (as app.py does)
+    from diffusion_core.allocator import reexec_with_fast_malloc
+
+    reexec_with_fast_malloc()
+
 import torch  # noqa: E402
 import torch._inductor.config as inductor_config  # noqa: E402
 
+from diffusion_core.allocator import loaded_malloc  # noqa: E402
 from diffusion_core.checkpoints import load_checkpoint  # noqa: E402
 from diffusion_core.compiled import _example_inputs, compile_package  # noqa: E402
 from diffusion_core.inference import InferenceModel, resolve_precision  # noqa: E402
@@ -91,7 +98,7 @@ def main() -> None:
     if a.child:
         return child(a)
     a.cache = a.cache or tempfile.mkdtemp(prefix="bench-profile-")
-    print(f"# {a.checkpoint}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"# {a.checkpoint}, {torch.get_num_threads()} threads, torch {torch.__version__}, malloc {loaded_malloc()}")
     for batch in (int(b) for b in a.batches.split(",")):
         ckpt, model, runner, args = runner_and_inputs(a, batch, Path(a.cache))
         peak = matmul_peak(model.dtype, torch.device("cpu"), repeats=10)

@@ -34,7 +34,7 @@ if __name__ == "__main__":  # the app's malloc, chosen before torch is imported 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from diffusion_core.allocator import loaded_malloc  # noqa: E402
+from diffusion_core.allocator import environ_before_reexec, loaded_malloc  # noqa: E402
 from diffusion_core.checkpoints import autoguidance_weight, load_checkpoint, load_guide  # noqa: E402
 from diffusion_core.compiled import (CompiledModel, compile_package, load_compiled, package_module,  # noqa: E402
                                      package_path)
@@ -408,9 +408,12 @@ def second_thread_run(name: str, path: str, repeats: int, threads: int) -> None:
           f"({after / alone:.2f}x). The app runs all of its torch work on one thread (diffusion_core.runtime.TorchThread)")
 
 
-def app_figures() -> None:
-    """Cold start of `python app.py` to its first served page, then bench/app_latency.py's figures."""
-    import os
+def cold_start(**env: str) -> float:
+    """Seconds from starting `python app.py` (with `env` added) to its first served page.
+
+    The app starts as from a shell: without this process's preloaded malloc, so that it makes its own
+    choice (and re-executes itself) as `python app.py` does.
+    """
     import socket
     import subprocess
     import urllib.request
@@ -419,7 +422,8 @@ def app_figures() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # "use": the packages this run built, and no background build competing with the measurement.
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "EXPLORER_COMPILED": "use"}
+    env = {**environ_before_reexec(), "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "EXPLORER_COMPILED": "use",
+           **env}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -431,10 +435,17 @@ def app_figures() -> None:
                         break
             except OSError:
                 time.sleep(0.05)
-        print(f"## app\n\ncold start, `python app.py` to the first served page: {time.perf_counter() - t0:.2f} s\n")
+        return time.perf_counter() - t0
     finally:
         proc.terminate()
         proc.wait()
+
+
+def app_figures() -> None:
+    """Cold start of `python app.py` to its first served page, then bench/app_latency.py's figures."""
+    import subprocess
+
+    print(f"## app\n\ncold start, `python app.py` to the first served page: {cold_start():.2f} s\n")
     for compiled, what in (("0", "eager"), ("use", "compiled (AOTInductor packages built by this run)")):
         print(f"### served {what}\n", flush=True)
         subprocess.run([sys.executable, str(ROOT / "bench" / "app_latency.py"), "--repeats", "10"], cwd=ROOT,

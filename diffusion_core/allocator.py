@@ -16,13 +16,35 @@ re-executes the current command once with it preloaded, where Linux has one inst
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import sys
+import sysconfig
+from pathlib import Path
 
 ENV = "DIFFUSION_ALLOCATOR"
 FAST_MALLOCS = ("tcmalloc_minimal", "jemalloc", "tcmalloc")  # fastest first, on this project's CPU
+SONAME_VERSIONS = {"tcmalloc_minimal": 4, "jemalloc": 2, "tcmalloc": 4}
 _TRIED = "_DIFFUSION_ALLOCATOR_TRIED"  # set in the re-executed process: never re-execute twice
+
+
+def _library_dirs() -> list[Path]:
+    """Where Debian, Ubuntu, Fedora and conda put shared libraries, this environment's first."""
+    arch = sysconfig.get_config_var("MULTIARCH") or ""  # e.g. x86_64-linux-gnu
+    prefixes = dict.fromkeys(p for p in (sys.prefix, os.environ.get("CONDA_PREFIX"), "/usr/local", "/usr", "/") if p)
+    return [Path(p) / d for p in prefixes for d in (f"lib/{arch}", "lib64", "lib")]
+
+
+def library_path(name: str) -> str | None:
+    """The path of one of FAST_MALLOCS where installed, else None.
+
+    Looks for the files themselves (no `ldconfig` or compiler run, as ctypes.util.find_library may do):
+    this runs on every start of the app, also where none is installed.
+    """
+    for d in _library_dirs():
+        for f in (d / f"lib{name}.so.{SONAME_VERSIONS[name]}", d / f"lib{name}.so"):
+            if f.is_file():
+                return str(f)
+    return None
 
 
 def find_fast_malloc(choice: str = "auto") -> str | None:
@@ -31,10 +53,7 @@ def find_fast_malloc(choice: str = "auto") -> str | None:
         return None
     if choice != "auto":
         return choice
-    for name in FAST_MALLOCS:
-        if lib := ctypes.util.find_library(name):  # a soname the loader finds, e.g. libjemalloc.so.2
-            return lib
-    return None
+    return next(filter(None, map(library_path, FAST_MALLOCS)), None)
 
 
 def loaded_malloc() -> str:
@@ -66,3 +85,11 @@ def reexec_with_fast_malloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, {**os.environ, "LD_PRELOAD": preload, _TRIED: lib})
+
+
+def environ_before_reexec() -> dict[str, str]:
+    """os.environ without what `reexec_with_fast_malloc` added (for a child that should choose afresh).
+
+    A user's own LD_PRELOAD goes too: rarely set, and a child started from a shell would choose anyway.
+    """
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", _TRIED)}

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_core.allocator import ENV, find_fast_malloc
+from diffusion_core import allocator
+from diffusion_core.allocator import ENV, environ_before_reexec, find_fast_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = find_fast_malloc() if sys.platform.startswith("linux") else None
@@ -32,7 +33,7 @@ print("malloc", loaded_malloc(), sys.argv[1:], float(x.sum()))
 def run_script(tmp_path: Path, **env: str) -> list[str]:
     script = tmp_path / "cmd.py"
     script.write_text(SCRIPT)
-    clean = {k: v for k, v in os.environ.items() if k not in (ENV, "LD_PRELOAD", "_DIFFUSION_ALLOCATOR_TRIED")}
+    clean = {k: v for k, v in environ_before_reexec().items() if k != ENV}
     out = subprocess.run([sys.executable, str(script), "a b", "--flag"], cwd=ROOT, capture_output=True, text=True,
                          env={**clean, "PYTHONPATH": str(ROOT), **env}, timeout=120, check=True).stdout
     return out.splitlines()
@@ -50,18 +51,27 @@ def test_importing_the_package_and_allocator_imports_no_torch() -> None:
         diffusion_core.q_smaple  # noqa: B018
 
 
-def test_choices() -> None:
+def test_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert find_fast_malloc("system") is None
     assert find_fast_malloc("/opt/lib/libmine.so") == "/opt/lib/libmine.so"
+    monkeypatch.setattr(allocator, "_library_dirs", lambda: [tmp_path / "lib", tmp_path / "lib64"])
+    assert find_fast_malloc() is None
+    (tmp_path / "lib64").mkdir()
+    (tmp_path / "lib64" / "libjemalloc.so.2").write_bytes(b"")
+    assert find_fast_malloc() == str(tmp_path / "lib64" / "libjemalloc.so.2")  # jemalloc when tcmalloc is absent
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    assert find_fast_malloc() == str(tmp_path / "lib" / "libtcmalloc_minimal.so.4")  # tcmalloc first
 
 
 @needs_fast
 def test_a_command_reexecutes_once_with_the_fast_malloc(tmp_path: Path) -> None:
     lines = run_script(tmp_path)
-    # "start" twice: the command ran again, with its arguments, and only once more.
+    # "start" twice: the command ran again, with its arguments, and only once more; the mapped file is
+    # the soname's target (libtcmalloc_minimal.so.4 -> libtcmalloc_minimal.so.4.5.10).
     assert lines[:2] == ["start ['a b', '--flag']"] * 2 and len(lines) == 3, lines
-    malloc, file, rest = lines[2].split(" ", 2)  # the mapped file: the soname's target, e.g. libjemalloc.so.2
-    assert malloc == "malloc" and file.startswith(FAST) and rest == "['a b', '--flag'] 3.0"
+    malloc, file, rest = lines[2].split(" ", 2)
+    assert malloc == "malloc" and file.startswith(Path(FAST).name) and rest == "['a b', '--flag'] 3.0"
 
 
 def test_system_keeps_the_c_librarys_malloc(tmp_path: Path) -> None:
@@ -78,7 +88,7 @@ def test_the_app_serves_on_the_fast_malloc(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    clean = {k: v for k, v in os.environ.items() if k not in (ENV, "LD_PRELOAD", "_DIFFUSION_ALLOCATOR_TRIED")}
+    clean = {k: v for k, v in environ_before_reexec().items() if k != ENV}
     env = {**clean, "GRADIO_SERVER_PORT": str(port), "EXPLORER_COMPILED": "0", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -88,7 +98,7 @@ def test_the_app_serves_on_the_fast_malloc(tmp_path: Path) -> None:
             lines.append(line.strip())
             if "Running on" in line:
                 break
-        assert any(line.startswith(f"* malloc: {FAST}") for line in lines), lines
+        assert any(line.startswith(f"* malloc: {Path(FAST).name}") for line in lines), lines
         assert any("Running on" in line for line in lines), lines
     finally:
         proc.kill()
