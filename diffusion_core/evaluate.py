@@ -25,6 +25,11 @@ import json
 import time
 from dataclasses import dataclass
 
+if __name__ == "__main__":  # the app's malloc (allocator.py), chosen before torch is imported
+    from .allocator import reexec_with_fast_malloc
+
+    reexec_with_fast_malloc()
+
 import numpy as np
 import torch
 

@@ -14,8 +14,14 @@ import sys
 import time
 from dataclasses import dataclass
 
+if __name__ == "__main__":  # the app's malloc (allocator.py), chosen before torch is imported
+    from .allocator import reexec_with_fast_malloc
+
+    reexec_with_fast_malloc()
+
 import torch
 
+from .allocator import loaded_malloc
 from .checkpoints import Checkpoint, CheckpointError, load_checkpoint, load_guide
 from .compiled import MAX_BATCH, load_compiled
 from .cli import add_dataclass_args, dataclass_from_args
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"error: {e}\n")
     save_images(to_uint8(x), a.out)
     print(f"wrote {a.num} samples to {a.out} ({cfg.sampler}, {cfg.steps} steps, {time.perf_counter() - t0:.2f} s "
-          f"on {device}, {precision})",
+          f"on {device}, {precision}, malloc {loaded_malloc()})",
           file=sys.stderr)
 
 

@@ -84,6 +84,18 @@ def test_a_library_the_loader_refuses_does_not_loop(tmp_path: Path) -> None:
 
 
 @needs_fast
+def test_the_sample_command_runs_on_the_fast_malloc(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "diffusion_core.sample", "--checkpoint", str(tiny_checkpoint), "--steps", "2",
+           "--num", "1", "--device", "cpu", "--out", str(tmp_path / "a.png")]
+    env = {k: v for k, v in environ_before_reexec().items() if k != ENV} | {"PYTHONPATH": str(ROOT)}
+    fast = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert f"malloc {Path(FAST).name}" in fast.stderr, fast.stderr
+    glibc = subprocess.run(cmd, cwd=ROOT, env=env | {ENV: "system"}, capture_output=True, text=True, timeout=300,
+                           check=True)
+    assert "malloc system)" in glibc.stderr, glibc.stderr
+
+
+@needs_fast
 def test_the_app_serves_on_the_fast_malloc(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
