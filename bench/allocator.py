@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.allocator import ENV, FAST_MALLOCS, library_path, loaded_malloc  # noqa: E402  (torch-free)
+from diffusion_core.allocator import (ENV, FAST_MALLOCS, environ_before_reexec, library_path,  # noqa: E402
+                                      loaded_malloc)
 from sampling import cold_start  # noqa: E402  (bench/sampling.py, beside this script; imports torch)
 
 BATCHES = (1, 4, 16)
@@ -88,7 +89,7 @@ def main() -> None:
     mallocs = {"glibc": ""} | {m: lib for m in FAST_MALLOCS if (lib := library_path(m))}
     if len(mallocs) == 1:
         sys.exit("no tcmalloc or jemalloc installed here (Debian: apt install libtcmalloc-minimal4 libjemalloc2)")
-    base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {ENV: "system"}  # no re-execution
+    base = environ_before_reexec() | {ENV: "system"}  # a child runs on what LD_PRELOAD gives it, no re-execution
     cmd = [sys.executable, __file__, "--child", "--checkpoint", a.checkpoint, "--threads", str(a.threads)]
     subprocess.run(cmd, env=base, check=True, capture_output=True)  # builds missing packages, warms the disk cache
     runs: dict[str, list[dict]] = {m: [] for m in mallocs}

@@ -30,13 +30,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__":  # the app's malloc, chosen before torch is imported (as app.py does)
+    from diffusion_core.allocator import reexec_with_fast_malloc
+
+    reexec_with_fast_malloc()
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from diffusion_core.allocator import loaded_malloc  # noqa: E402
 from diffusion_core.compiled import CompiledModel, compile_package  # noqa: E402
 from diffusion_core.inference import InferenceModel, resolve_precision  # noqa: E402
 from diffusion_core.model import Conditioned, Embedding, ModelConfig, UNet, count_parameters  # noqa: E402
@@ -179,7 +185,7 @@ def main() -> None:
     set_threads(2)
     prec = resolve_precision("auto", torch.device("cpu"))  # what the app samples in here
     peak = matmul_peak(getattr(torch, prec), torch.device("cpu"), repeats=10)
-    print(f"# 2 threads, torch {torch.__version__}, {prec} matmul peak (1024^3) {peak:.0f} GFLOP/s")
+    print(f"# 2 threads, torch {torch.__version__}, malloc {loaded_malloc()}, {prec} matmul peak (1024^3) {peak:.0f} GFLOP/s")
     flops = {k: model_gflop(m, m.cfg) for k, m in cands.items()}
     paths: dict[str, dict[str, nn.Module]] = {f"{prec} eager": {k: InferenceModel(m, prec) for k, m in cands.items()}}
     if not a.no_compile:

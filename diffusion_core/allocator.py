@@ -2,14 +2,14 @@
 
 Every call of a compiled package, and of an eager net, allocates and frees on the CPU: oneDNN's
 per-call attributes, descriptors and scratchpads around each convolution (ideep), and the
-activations the call writes. With glibc's malloc that work costs about 30 us per convolution on
-this project's 2-core Xeon, and tcmalloc or jemalloc make a whole call 1.3x to 1.5x faster
+activations the call writes. With glibc's malloc that work cost 30 to 35 us per convolution on
+this project's 2-core Xeon, and tcmalloc or jemalloc make a whole call 1.2x to 1.8x faster
 (`python bench/allocator.py`; Intel's PyTorch CPU tuning guides give the same advice). The dynamic
 loader only takes another malloc when a process starts (LD_PRELOAD), so `reexec_with_fast_malloc()`
 re-executes the current command once with it preloaded, where Linux has one installed (Debian:
 `apt install libtcmalloc-minimal4`; a Space lists it in packages.txt). Elsewhere nothing changes.
 
-    DIFFUSION_ALLOCATOR=auto     (default) the first of FAST_MALLOCS that the loader can find
+    DIFFUSION_ALLOCATOR=auto     (default) the first of FAST_MALLOCS installed in the usual library folders
     DIFFUSION_ALLOCATOR=system   the C library's malloc, no re-execution
     DIFFUSION_ALLOCATOR=<lib>    a library name or path to preload instead
 """
@@ -58,11 +58,13 @@ def find_fast_malloc(choice: str = "auto") -> str | None:
 
 def loaded_malloc() -> str:
     """Which malloc this process runs on: the preloaded library's file name, or "system"."""
+    asked = os.environ.get(_TRIED)  # the library the re-execution preloaded (DIFFUSION_ALLOCATOR may name any)
+    known = tuple(f"lib{m}." for m in FAST_MALLOCS) + ((Path(asked).name,) if asked else ())
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 name = line.rsplit("/", 1)[-1].strip()
-                if name.startswith(tuple(f"lib{m}." for m in FAST_MALLOCS)):
+                if name.startswith(known):
                     return name
     except OSError:  # no /proc: not Linux
         pass

@@ -74,6 +74,14 @@ def test_a_command_reexecutes_once_with_the_fast_malloc(tmp_path: Path) -> None:
     assert malloc == "malloc" and file.startswith(Path(FAST).name) and rest == "['a b', '--flag'] 3.0"
 
 
+@pytest.mark.skipif(FAST is None or not Path(FAST.replace("minimal", "minimal_debug")).is_file(),
+                    reason="no tcmalloc debug build beside tcmalloc (Debian's libtcmalloc-minimal4 has one)")
+def test_a_library_named_by_path_is_preloaded_and_named(tmp_path: Path) -> None:
+    debug = FAST.replace("minimal", "minimal_debug")  # not one of FAST_MALLOCS: found through the request
+    lines = run_script(tmp_path, **{ENV: debug})
+    assert lines[:2] == ["start ['a b', '--flag']"] * 2 and lines[2].startswith(f"malloc {Path(debug).name}"), lines
+
+
 def test_system_keeps_the_c_librarys_malloc(tmp_path: Path) -> None:
     assert run_script(tmp_path, **{ENV: "system"}) == ["start ['a b', '--flag']", "malloc system ['a b', '--flag'] 3.0"]
 
