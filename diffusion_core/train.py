@@ -63,6 +63,7 @@ class TrainConfig:
     channel_mults: tuple[int, ...] | None = None  # override the preset's width multipliers, e.g. 1,2,2
     num_res_blocks: int | None = None  # override the preset's residual blocks per level
     attention: bool | None = None  # override the preset's attention at the lowest resolution
+    patch_size: int | None = None  # override the preset's pixel patches folded into channels (1: none)
     conditional: bool = True  # class-conditional (with a null label) when the dataset has labels
     label_dropout: float = 0.1  # probability of training on the null label (for guidance)
     batch_size: int = 32  # images per step per process
@@ -107,7 +108,7 @@ class TrainConfig:
             image_size=info.image_size,
             num_classes=info.num_classes if self.conditional else 0,
         )
-        for k in ("base_channels", "channel_mults", "num_res_blocks", "attention"):
+        for k in ("base_channels", "channel_mults", "num_res_blocks", "attention", "patch_size"):
             if getattr(self, k) is not None:
                 overrides[k] = getattr(self, k)
         return preset(self.model, **overrides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from diffusion_core.checkpoints import load_checkpoint
 from diffusion_core.data import make_circles
 from diffusion_core.model import build_model, preset
 from diffusion_core.schedules import make_schedule
+from diffusion_core.cli import add_dataclass_args, dataclass_from_args
 from diffusion_core.train import TrainConfig, diffusion_loss, ema_update, lr_at, main, resolve_amp, state_part
 
 TINY = ["--dataset", "circles", "--model", "lesson", "--base-channels", "8", "--batch-size", "4", "--no-progress",
@@ -220,3 +222,14 @@ def test_raw_weights_export_reads_the_run_that_made_the_checkpoint(tmp_path: Pat
     assert any(not torch.equal(shipped[k], state[f"model.{k}"].float()) for k in shipped)  # EMA != raw
     with pytest.raises(SystemExit, match="not the run that made that checkpoint"):
         export_raw(tmp_path / "run-a", tmp_path / "b", tmp_path / "raw-b")
+
+
+def test_overrides_give_the_net_they_name() -> None:
+    """The preset's shape overridden from the command line, e.g. bench/arch.py's `p4 128`."""
+    parser = argparse.ArgumentParser()
+    add_dataclass_args(parser, TrainConfig)
+    ns = parser.parse_args("--model fast --base-channels 128 --channel-mults 1 --num-res-blocks 2 --patch-size 4".split())
+    cfg = dataclass_from_args(TrainConfig, ns).model_config()
+    assert (cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks, cfg.patch_size) == (128, (1,), 2, 4)
+    assert cfg.attention and cfg.num_classes == 10  # the rest from the preset and the dataset
+    assert TrainConfig(model="fast").model_config().patch_size == 1
