@@ -103,7 +103,8 @@ def main() -> None:
             runs[m][r]["cold"] = cold_start(**{ENV: lib or "system"})
     first = runs["glibc"][0]
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"# {a.checkpoint}, {first['precision']} packages, {first['threads']} threads, {cpu}, {os.cpu_count()} cores; "
+    print(f"# {a.checkpoint}, {first['precision']} packages, {first['threads']} threads, {cpu}, "
+          f"{os.cpu_count()} cores; "
           f"medians over {a.rounds} rounds, the mallocs taking turns; loaded: "
           + ", ".join(f"{m} -> {runs[m][0]['malloc']}" for m in mallocs) + "\n")
     med = {m: {k: statistics.median(r[k] for r in runs[m]) for k in FIGURES} for m in mallocs}

@@ -185,7 +185,8 @@ def main() -> None:
     set_threads(2)
     prec = resolve_precision("auto", torch.device("cpu"))  # what the app samples in here
     peak = matmul_peak(getattr(torch, prec), torch.device("cpu"), repeats=10)
-    print(f"# 2 threads, torch {torch.__version__}, malloc {loaded_malloc()}, {prec} matmul peak (1024^3) {peak:.0f} GFLOP/s")
+    print(f"# 2 threads, torch {torch.__version__}, malloc {loaded_malloc()}, "
+          f"{prec} matmul peak (1024^3) {peak:.0f} GFLOP/s")
     flops = {k: model_gflop(m, m.cfg) for k, m in cands.items()}
     paths: dict[str, dict[str, nn.Module]] = {f"{prec} eager": {k: InferenceModel(m, prec) for k, m in cands.items()}}
     if not a.no_compile:

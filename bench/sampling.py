@@ -422,8 +422,8 @@ def cold_start(**env: str) -> float:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # "use": the packages this run built, and no background build competing with the measurement.
-    env = {**environ_before_reexec(), "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "EXPLORER_COMPILED": "use",
-           **env}
+    env = {**environ_before_reexec(), "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "EXPLORER_COMPILED": "use", **env}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

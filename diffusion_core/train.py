@@ -236,7 +236,8 @@ def _hardware(device: torch.device) -> dict[str, Any]:
     except OSError:
         pass
     hw: dict[str, Any] = {"cpu": cpu, "cores": available_cores(), "device": str(device),
-                          "native_bfloat16": native_bfloat16(device), "malloc": loaded_malloc()}  # wall times depend on it
+                          "native_bfloat16": native_bfloat16(device),
+                          "malloc": loaded_malloc()}  # the wall times depend on it
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
     return hw

@@ -228,7 +228,8 @@ def test_overrides_give_the_net_they_name() -> None:
     """The preset's shape overridden from the command line, e.g. bench/arch.py's `p4 128`."""
     parser = argparse.ArgumentParser()
     add_dataclass_args(parser, TrainConfig)
-    ns = parser.parse_args("--model fast --base-channels 128 --channel-mults 1 --num-res-blocks 2 --patch-size 4".split())
+    args = "--model fast --base-channels 128 --channel-mults 1 --num-res-blocks 2 --patch-size 4"
+    ns = parser.parse_args(args.split())
     cfg = dataclass_from_args(TrainConfig, ns).model_config()
     assert (cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks, cfg.patch_size) == (128, (1,), 2, 4)
     assert cfg.attention and cfg.num_classes == 10  # the rest from the preset and the dataset
