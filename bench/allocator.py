@@ -25,9 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from diffusion_core.allocator import (ENV, FAST_MALLOCS, environ_before_reexec, library_path,  # noqa: E402
                                       loaded_malloc)
-from sampling import cold_start  # noqa: E402  (bench/sampling.py, beside this script; imports torch)
+from diffusion_core.checkpoints import load_checkpoint  # noqa: E402
+from diffusion_core.compiled import compile_package, load_compiled, package_path  # noqa: E402
+from diffusion_core.inference import InferenceModel, resolve_precision  # noqa: E402
+from diffusion_core.runtime import set_threads  # noqa: E402
+from sampling import cold_start, median_time, our_loop  # noqa: E402  (bench/sampling.py, beside this script)
 
 BATCHES = (1, 4, 16)
 FIGURES = {"call1": "package call, batch 1 (ms)", "call4": "package call, batch 4 (ms)",
@@ -37,13 +43,6 @@ FIGURES = {"call1": "package call, batch 1 (ms)", "call4": "package call, batch 
 
 
 def setup(a):
-    import torch
-
-    from diffusion_core.checkpoints import load_checkpoint
-    from diffusion_core.compiled import compile_package, load_compiled, package_path
-    from diffusion_core.inference import InferenceModel, resolve_precision
-    from diffusion_core.runtime import set_threads
-
     set_threads(a.threads or None)
     ckpt = load_checkpoint(ROOT / "checkpoints" / a.checkpoint)
     eager = InferenceModel(ckpt.model, resolve_precision("auto", torch.device("cpu")))
@@ -55,10 +54,6 @@ def setup(a):
 
 
 def measure(a) -> dict[str, float | str]:
-    import torch
-
-    from sampling import median_time, our_loop
-
     ckpt, eager, compiled = setup(a)
     cfg = ckpt.model_config
     out: dict[str, float | str] = {"malloc": loaded_malloc(), "precision": eager.precision,

@@ -31,7 +31,7 @@ def _library_dirs() -> list[Path]:
     """Where Debian, Ubuntu, Fedora and conda put shared libraries, this environment's first."""
     arch = sysconfig.get_config_var("MULTIARCH") or ""  # e.g. x86_64-linux-gnu
     prefixes = dict.fromkeys(p for p in (sys.prefix, os.environ.get("CONDA_PREFIX"), "/usr/local", "/usr", "/") if p)
-    return [Path(p) / d for p in prefixes for d in (f"lib/{arch}", "lib64", "lib")]
+    return list(dict.fromkeys(Path(p) / d for p in prefixes for d in (f"lib/{arch}", "lib64", "lib")))
 
 
 def library_path(name: str) -> str | None:

@@ -30,12 +30,16 @@ print("malloc", loaded_malloc(), sys.argv[1:], float(x.sum()))
 """
 
 
+def shell_env(**env: str) -> dict[str, str]:
+    """The environment a command gets from a user's shell: no malloc chosen yet, none asked for."""
+    return {k: v for k, v in environ_before_reexec().items() if k != ENV} | {"PYTHONPATH": str(ROOT)} | env
+
+
 def run_script(tmp_path: Path, **env: str) -> list[str]:
     script = tmp_path / "cmd.py"
     script.write_text(SCRIPT)
-    clean = {k: v for k, v in environ_before_reexec().items() if k != ENV}
     out = subprocess.run([sys.executable, str(script), "a b", "--flag"], cwd=ROOT, capture_output=True, text=True,
-                         env={**clean, "PYTHONPATH": str(ROOT), **env}, timeout=120, check=True).stdout
+                         env=shell_env(**env), timeout=120, check=True).stdout
     return out.splitlines()
 
 
@@ -95,11 +99,10 @@ def test_a_library_the_loader_refuses_does_not_loop(tmp_path: Path) -> None:
 def test_the_sample_command_runs_on_the_fast_malloc(tiny_checkpoint: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "diffusion_core.sample", "--checkpoint", str(tiny_checkpoint), "--steps", "2",
            "--num", "1", "--device", "cpu", "--out", str(tmp_path / "a.png")]
-    env = {k: v for k, v in environ_before_reexec().items() if k != ENV} | {"PYTHONPATH": str(ROOT)}
-    fast = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True)
+    fast = subprocess.run(cmd, cwd=ROOT, env=shell_env(), capture_output=True, text=True, timeout=300, check=True)
     assert f"malloc {Path(FAST).name}" in fast.stderr, fast.stderr
-    glibc = subprocess.run(cmd, cwd=ROOT, env=env | {ENV: "system"}, capture_output=True, text=True, timeout=300,
-                           check=True)
+    glibc = subprocess.run(cmd, cwd=ROOT, env=shell_env(**{ENV: "system"}), capture_output=True, text=True,
+                           timeout=300, check=True)
     assert "malloc system)" in glibc.stderr, glibc.stderr
 
 
@@ -108,8 +111,7 @@ def test_the_app_serves_on_the_fast_malloc(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    clean = {k: v for k, v in environ_before_reexec().items() if k != ENV}
-    env = {**clean, "GRADIO_SERVER_PORT": str(port), "EXPLORER_COMPILED": "0", "PYTHONUNBUFFERED": "1"}
+    env = shell_env(GRADIO_SERVER_PORT=str(port), EXPLORER_COMPILED="0", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
