@@ -213,8 +213,10 @@ class CompiledModel(torch.nn.Module):
 
     Same call and `.cfg` as the InferenceModel it was compiled from, whose conditioning table gives
     c(t, y) and which it keeps for what the packages cannot run: batches over MAX_BATCH, tensors on
-    another device, t outside the table. `runner` takes any batch; `static` maps a batch size to the
-    package built for exactly that batch, used in its place.
+    another device, t outside the table, and images of another size or channel count than the net's
+    config (a package does not check its inputs' shapes: it would read a 32 x 32 image as a wrong
+    28 x 28 one, and past the end of a smaller one). `runner` takes any batch; `static` maps a batch
+    size to the package built for exactly that batch, used in its place.
     """
 
     def __init__(self, runner, eager: InferenceModel, path: Path, static: dict[int, object] | None = None) -> None:
@@ -226,6 +228,7 @@ class CompiledModel(torch.nn.Module):
         self.cfg = eager.cfg
         self.precision = eager.precision
         self.dtype = eager.dtype
+        self.image_shape = (self.cfg.in_channels, self.cfg.image_size, self.cfg.image_size)  # [C x H x W]
 
     @property
     def batches(self) -> tuple[int, ...]:
@@ -234,7 +237,8 @@ class CompiledModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         n = x.shape[0]
-        c = self.eager.table(t, y) if n <= MAX_BATCH and x.device.type == "cpu" else None
+        packaged = n <= MAX_BATCH and x.device.type == "cpu" and x.shape[1:] == self.image_shape
+        c = self.eager.table(t, y) if packaged else None
         if c is None:
             return self.eager(x, t, y)
         return self.static.get(n, self.runner)(x.to(self.dtype).contiguous(), c).float()

@@ -84,6 +84,26 @@ def test_batches_over_the_package_range_run_eagerly(built) -> None:
     assert calls == [2]
 
 
+def test_images_of_another_shape_run_eagerly(built) -> None:
+    """A package reads its input as the shape it was exported for without checking it (a 32 x 32 image
+    came back as 28 x 28 numbers, a 20 x 20 one as NaNs read past its end), so the call routes every
+    other image size or channel count to eager: the same result as eager, or eager's error."""
+    d, ckpt, model = built
+    compiled = load_compiled(ckpt, model, d / "cache", THREADS)
+    calls = []
+    runner = compiled.runner
+    compiled.runner = lambda *a: calls.append(tuple(a[0].shape)) or runner(*a)
+    t = torch.full((2,), 500)
+    with torch.inference_mode():
+        for size in (32, 20):
+            x = torch.randn(2, 1, size, size)
+            assert torch.equal(compiled(x, t), model(x, t))  # eager, so bit-identical
+        with pytest.raises(RuntimeError, match="channels"):
+            compiled(torch.randn(2, 2, 28, 28), t)
+        compiled(torch.randn(2, 1, 28, 28), t)
+    assert calls == [(2, 1, 28, 28)]
+
+
 def test_a_batch_with_its_own_package_runs_it(built) -> None:
     """A package built for batch 2 serves calls of 2 images (and passes the probe at load); other batches
     go to the package for any batch; both agree with eager."""
