@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
@@ -34,6 +34,8 @@ from .model import ModelConfig, build_model
 from .schedules import NoiseSchedule, ScheduleConfig
 
 FORMAT = "diffusion-explorer/1"
+WeightsDtype = Literal["float32", "float16"]
+WEIGHTS_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}  # how a file may store them
 
 
 class CheckpointError(ValueError):
@@ -103,11 +105,19 @@ def save_checkpoint(
     schedule_config: ScheduleConfig,
     dataset: str,
     card: dict[str, Any] | None = None,
+    weights_dtype: WeightsDtype = "float32",
 ) -> None:
-    """Write NAME.safetensors (model's state dict, float32, contiguous) and NAME.json (the card)."""
+    """Write NAME.safetensors (model's state dict, contiguous, in `weights_dtype`) and NAME.json (the card).
+
+    float16 halves the file (what keeps a wider net's checkpoint a few MB); load_checkpoint reads the
+    weights back as float32, so a float16 file holds the float32 weights rounded to 11 significant bits.
+    """
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
     weights_path, _ = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    dtype = WEIGHTS_DTYPES[weights_dtype]
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     tmp = weights_path.with_name(weights_path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": FORMAT})
     os.replace(tmp, weights_path)
@@ -216,6 +226,10 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({e})") from None
+    stored = {v.dtype for v in state.values()} - set(WEIGHTS_DTYPES.values())
+    if stored:
+        raise CheckpointError(f"{weights_path}: weights stored as {sorted(map(str, stored))}, expected float32 or float16")
+    state = {k: v.float() for k, v in state.items()}  # a float16 file runs as float32 like any other
     model = build_model(model_config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from .allocator import loaded_malloc
-from .checkpoints import checkpoint_paths, save_checkpoint
+from .checkpoints import WeightsDtype, checkpoint_paths, save_checkpoint
 from .cli import add_dataclass_args, dataclass_from_args
 from .data import BatchSource, DatasetName, dataset_info
 from .forward import q_sample
@@ -82,6 +82,7 @@ class TrainConfig:
     log_every: int = 25  # record the mean loss every this many steps
     seed: int = 0  # seeds the initial weights and every draw
     out: str = "checkpoints/mnist-linear"  # checkpoint path without extension
+    weights_dtype: WeightsDtype = "float32"  # how the checkpoint stores its weights (float16: half the file)
     run_dir: str = ""  # where resumable state goes (default: runs/<name of out>)
     resume: bool = True  # continue from run_dir's state when it exists
     threads: int = 0  # torch CPU threads per process (0: available cores / processes)
@@ -377,7 +378,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
                 "wall_time_s": round(elapsed, 1), "finished": final, "invocations": invocations, "loss_log": loss_log}
         invocations[-1]["to_step"] = step
         _save_state(state_dir, step, elapsed, model, ema, opt, loss_log, invocations, cfg)
-        save_checkpoint(cfg.out, ema, mcfg, scfg, cfg.dataset, card)
+        save_checkpoint(cfg.out, ema, mcfg, scfg, cfg.dataset, card, cfg.weights_dtype)
         return card
 
     from tqdm import tqdm

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from diffusion_core.checkpoints import (
     CheckpointError,
@@ -22,6 +23,7 @@ from diffusion_core.checkpoints import (
     load_guide,
     read_card,
     save_checkpoint,
+    sha256_file,
     update_card,
     write_card,
 )
@@ -49,6 +51,28 @@ def test_round_trip_is_exact(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert ck2.card["note"] == "x" and ck2.name == "again"
     for p in (out, str(out) + ".json", str(out) + ".safetensors"):  # any spelling of the path
         assert load_checkpoint(p).name == "again"
+
+
+def test_float16_weights_load_as_float32(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A float16 file: half the bytes, read back as float32 holding the weights rounded to float16."""
+    ck = load_checkpoint(tiny_checkpoint)
+    save_checkpoint(tmp_path / "half", ck.model, ck.model_config, ck.schedule.config, ck.dataset, weights_dtype="float16")
+    half = load_checkpoint(tmp_path / "half")
+    size = {n: checkpoint_paths(p)[0].stat().st_size for n, p in (("full", tiny_checkpoint), ("half", tmp_path / "half"))}
+    assert size["half"] < 0.55 * size["full"], size
+    for (k, a), b in zip(ck.model.state_dict().items(), half.model.state_dict().values(), strict=True):
+        assert b.dtype == torch.float32 and torch.equal(b, a.half().float()), k
+    assert any(not torch.equal(a, b) for a, b in zip(ck.model.state_dict().values(), half.model.state_dict().values()))
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_checkpoint(tmp_path / "x", ck.model, ck.model_config, ck.schedule.config, ck.dataset, weights_dtype="int8")
+    # Any other dtype in a file is refused with its name, not cast silently.
+    w, _ = checkpoint_paths(tmp_path / "half")
+    save_file({k: v.bfloat16() for k, v in load_file(str(w)).items()}, str(w))
+    card = read_card(tmp_path / "half")
+    card["weights_sha256"] = sha256_file(w)
+    write_card(tmp_path / "half", card)
+    with pytest.raises(CheckpointError, match="stored as.*bfloat16"):
+        load_checkpoint(tmp_path / "half")
 
 
 def test_loaded_model_is_frozen(tiny_checkpoint: Path) -> None:

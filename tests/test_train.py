@@ -224,6 +224,22 @@ def test_raw_weights_export_reads_the_run_that_made_the_checkpoint(tmp_path: Pat
         export_raw(tmp_path / "run-a", tmp_path / "b", tmp_path / "raw-b")
 
 
+def test_weights_dtype_float16_stores_the_finished_run_in_half_the_bytes(tmp_path: Path) -> None:
+    """--weights-dtype float16 on a finished run (same run dir, nothing left to train) writes the same EMA
+    weights again, rounded to float16: how a shipped checkpoint was made a few MB."""
+    full = _run(tmp_path, "a", 4, 4)
+    w = tmp_path / "a.safetensors"
+    want, size = load_file(str(w)), w.stat().st_size
+    main(TINY + ["--max-steps", "4", "--checkpoint-every", "4", "--out", str(tmp_path / "a"),
+                 "--run-dir", str(tmp_path / "run-a"), "--weights-dtype", "float16"])
+    card = json.loads((tmp_path / "a.json").read_text())
+    assert card["steps"] == 4 and card["loss_log"] == full["loss_log"]
+    assert [(i["from_step"], i["to_step"]) for i in card["invocations"]] == [(0, 4), (4, 4)]
+    assert card["train_config"]["weights_dtype"] == "float16" and w.stat().st_size < 0.55 * size
+    got = load_file(str(w))
+    assert all(got[k].dtype == torch.float16 and torch.equal(got[k], v.half()) for k, v in want.items())
+
+
 def test_overrides_give_the_net_they_name() -> None:
     """The preset's shape overridden from the command line, e.g. bench/arch.py's `p4 128`."""
     parser = argparse.ArgumentParser()
