@@ -118,6 +118,9 @@ def save_checkpoint(
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     dtype = WEIGHTS_DTYPES[weights_dtype]
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    overflow = [k for k, v in model.state_dict().items() if not torch.isfinite(state[k]).all() and torch.isfinite(v).all()]
+    if overflow:  # float16 stops at 65504
+        raise ValueError(f"{overflow[0]} does not fit {weights_dtype} (|w| up to {model.state_dict()[overflow[0]].abs().max():.3g})")
     tmp = weights_path.with_name(weights_path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": FORMAT})
     os.replace(tmp, weights_path)

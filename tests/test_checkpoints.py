@@ -65,6 +65,11 @@ def test_float16_weights_load_as_float32(tiny_checkpoint: Path, tmp_path: Path) 
     assert any(not torch.equal(a, b) for a, b in zip(ck.model.state_dict().values(), half.model.state_dict().values()))
     with pytest.raises(ValueError, match="weights_dtype"):
         save_checkpoint(tmp_path / "x", ck.model, ck.model_config, ck.schedule.config, ck.dataset, weights_dtype="int8")
+    big = build_model(ck.model_config)
+    with torch.no_grad():
+        next(big.parameters())[0] = 1e5  # past float16's 65504: refused rather than written as inf
+    with pytest.raises(ValueError, match="does not fit float16"):
+        save_checkpoint(tmp_path / "x", big, ck.model_config, ck.schedule.config, ck.dataset, weights_dtype="float16")
     # Any other dtype in a file is refused with its name, not cast silently.
     w, _ = checkpoint_paths(tmp_path / "half")
     save_file({k: v.bfloat16() for k, v in load_file(str(w)).items()}, str(w))
