@@ -226,7 +226,7 @@ def test_raw_weights_export_reads_the_run_that_made_the_checkpoint(tmp_path: Pat
 
 def test_weights_dtype_float16_stores_the_finished_run_in_half_the_bytes(tmp_path: Path) -> None:
     """--weights-dtype float16 on a finished run (same run dir, nothing left to train) writes the same EMA
-    weights again, rounded to float16: how a shipped checkpoint was made a few MB."""
+    weights again, rounded to float16: how a finished run is stored in half the bytes."""
     full = _run(tmp_path, "a", 4, 4)
     w = tmp_path / "a.safetensors"
     want, size = load_file(str(w)), w.stat().st_size
