@@ -117,10 +117,11 @@ def save_checkpoint(
     weights_path, _ = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     dtype = WEIGHTS_DTYPES[weights_dtype]
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    overflow = [k for k, v in model.state_dict().items() if not torch.isfinite(state[k]).all() and torch.isfinite(v).all()]
-    if overflow:  # float16 stops at 65504
-        raise ValueError(f"{overflow[0]} does not fit {weights_dtype} (|w| up to {model.state_dict()[overflow[0]].abs().max():.3g})")
+    source = model.state_dict()
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in source.items()}
+    for k, v in source.items():  # float16 stops at 65504: refuse rather than write inf
+        if not torch.isfinite(state[k]).all() and torch.isfinite(v).all():
+            raise ValueError(f"{k} does not fit {weights_dtype} (|w| up to {v.abs().max():.3g})")
     tmp = weights_path.with_name(weights_path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": FORMAT})
     os.replace(tmp, weights_path)
