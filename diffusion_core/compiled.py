@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 FORMAT = "aoti-4"  # bump when what goes into a package changes (2: GroupNorm from channel sums; 3: eps from (x, c);
 # 4: GroupNorm's per-channel scale computed once, INDUCTOR_CONFIGS)
 MAX_BATCH = 64  # the dynamic package's batch dimension runs 1..MAX_BATCH; larger batches run eagerly
-# Batch sizes that get a package of their own (about 20 s each to build for a `fast` U-Net): one image,
+# Batch sizes that get a package of their own (15 to 20 s each to build for an MNIST net): one image,
 # the app's default 4 images, 8 (4 images under classifier-free guidance) and its largest, 16.
 # $DIFFUSION_STATIC_BATCHES overrides ("1,4,8,16"; empty: none).
 STATIC_BATCHES = (1, 4, 8, 16)
