@@ -220,7 +220,7 @@ def compile_in_background(reg: Registry, build: bool = True) -> threading.Thread
     that have a package on this machine, and with `build` runs `python -m diffusion_core.compiled`
     for the rest in a child process at the lowest CPU priority (visitors keep the cores), twice: the
     packages for any batch (25 to 35 s per net), then the ones for the fixed batch sizes of
-    diffusion_core.compiled.static_batches (about 20 s each), switching after each. Packages are kept per machine
+    diffusion_core.compiled.static_batches (15 to 20 s each), switching after each. Packages are kept per machine
     (diffusion_core.compiled.default_cache_dir), so later starts only load them. CPU only; returns
     the thread, or None when there is nothing to do.
     """
