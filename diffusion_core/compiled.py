@@ -57,8 +57,8 @@ from .runtime import available_cores
 
 log = logging.getLogger(__name__)
 
-FORMAT = "aoti-4"  # bump when what goes into a package changes (2: GroupNorm from channel sums; 3: eps from (x, c);
-# 4: GroupNorm's per-channel scale computed once, INDUCTOR_CONFIGS)
+FORMAT = "aoti-5"  # bump when what goes into a package changes (2: GroupNorm from channel sums; 3: eps from (x, c);
+# 4: GroupNorm's per-channel scale computed once, INDUCTOR_CONFIGS; 5: group moments by a sum, not a matmul)
 MAX_BATCH = 64  # the dynamic package's batch dimension runs 1..MAX_BATCH; larger batches run eagerly
 # Batch sizes that get a package of their own (15 to 20 s each to build for an MNIST net): one image,
 # the app's default 4 images, 8 (4 images under classifier-free guidance) and its largest, 16.
@@ -146,19 +146,26 @@ def group_norm_from_channel_sums(x: torch.Tensor, num_groups: int, weight: torch
 
     y = (x - mu_g) / sqrt(sigma_g^2 + eps) * gamma_c + beta_c, with mu_g and sigma_g^2 the mean and
     variance over the C/G channels of group g and all H x W positions. Here: per-channel sums of x and
-    x^2 over H x W (a reduction along the contiguous channel axis of a channels-last tensor), averaged
-    within each group by one [C x C] matmul (which also broadcasts each group's moments back to its
-    channels without index arithmetic), then sigma^2 = E[x^2] - mu^2 in float32 (values of order 1 here).
+    x^2 over H x W (a reduction along the contiguous channel axis of a channels-last tensor); for each
+    channel, the sum of those over the C/G channels of its group, as a second reduction over an
+    [2N x C x C/G] view of them, so that each channel's group moments land in an [N x C] buffer; then
+    sigma^2 = E[x^2] - mu^2 in float32 (values of order 1 here). Inductor fuses all of it into one
+    kernel per GroupNorm whose per-pixel loop reads scale and shift as vectors. Written as a sum per
+    group followed by a broadcast, Inductor inlined the broadcast's gather `c // (C/G)` into the
+    per-pixel loop of some GroupNorms (the guide's 24-channel one: a call 1.07x slower than with the
+    matmul); until session 25 a [C x C] matmul averaged the groups, an MKL call per GroupNorm
+    (docs/speed.md, session 25).
 
     :param x: [N x C x H x W]; weight, bias: [C] or None. Returns [N x C x H x W] in x's dtype.
     (`cudnn_enabled` is aten.group_norm's and ignored.)
     """
     n, c, h, w = x.shape
     per_group = c // num_groups  # channels in a group
-    group = torch.arange(c, device=x.device) // per_group  # [C] the group of each channel
-    average = (group[:, None] == group[None, :]).float() / (per_group * h * w)  # [C x C]
     xf = x.float()
-    moments = torch.cat([xf.sum(dim=(2, 3)), (xf * xf).sum(dim=(2, 3))]) @ average  # [2N x C]: E[x], E[x^2]
+    sums = torch.cat([xf.sum(dim=(2, 3)), (xf * xf).sum(dim=(2, 3))])  # [2N x C]: sums of x and x^2
+    # [2N x C x C/G]: for channel c of group g, the sums of channels g C/G .. (g + 1) C/G - 1 (at most 32 x 128 x 16 values here)
+    of_group = sums.view(2 * n, num_groups, 1, per_group).expand(2 * n, num_groups, per_group, per_group)
+    moments = of_group.reshape(2 * n, c, per_group).sum(-1) / (per_group * h * w)  # [2N x C]: E[x], E[x^2] of the group
     mean, mean_sq = moments[:n], moments[n:]
     scale = torch.rsqrt((mean_sq - mean * mean).clamp_min(0) + eps)  # [N x C]
     if weight is not None:
