@@ -7,9 +7,12 @@ work from a second OS thread costs (why the app keeps its torch work on one thre
 --app adds the app's figures: cold start of `python app.py` to the first served page, and
 bench/app_latency.py (forward-scrub handler, time to the first streamed frame, full runs).
 
-Prints tables; every figure is the median of --repeats runs measured in this one process, which
-runs on the app's malloc (tcmalloc or jemalloc where installed: diffusion_core/allocator.py; the
-header names it). Nothing here is a test: machines are shared and noisy, so read ratios, not absolute times.
+Prints tables; every figure is the median of --repeats runs measured in this one process. Figures that
+are compared with each other are read in turns within each repeat (the execution paths' calls, with
+the matmul peaks that give their FLOP bound; our loop, the calls alone and diffusers' loops), so that
+a slow minute of the shared machine falls on all of them alike. It runs on the app's malloc (tcmalloc
+or jemalloc where installed: diffusion_core/allocator.py; the header names it). Nothing here is a
+test: machines are shared and noisy, so read ratios, not absolute times.
 """
 
 from __future__ import annotations
@@ -60,6 +63,24 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
         sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+def in_turns(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median time of each fn, the fns taking turns within each repeat, so that a slow minute of a
+    shared machine falls on all of them alike rather than on one (a ratio of two of them is read from
+    the same minutes)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in ts.items()}
 
 
 def matmul_size(device: torch.device) -> int:
@@ -152,24 +173,23 @@ class Zero(torch.nn.Module):
         return torch.zeros_like(x)
 
 
-def step_times(models: dict[str, torch.nn.Module], cfg, batch: int, repeats: int, device) -> dict[str, float]:
+def step_times(models: dict[str, torch.nn.Module], cfg, batch: int, repeats: int, device,
+               peaks: tuple[torch.dtype, ...] = ()) -> dict[str, float]:
     """Median time of one call per model, the models taking turns within each repeat (interleaved),
-    so that a slow minute of a shared machine falls on every path alike rather than on one."""
+    so that a slow minute of a shared machine falls on every path alike rather than on one. With
+    `peaks`, the matmul peak of each of those dtypes is read in the same turns (as key "peak <dtype>",
+    in GFLOP/s): the FLOP bound then comes from the same minutes as the calls."""
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
     t = torch.full((batch,), 500, device=device)
-    ts: dict[str, list[float]] = {k: [] for k in models}
+    n = matmul_size(device)
+    operands = {d: (torch.randn(n, n, device=device, dtype=d), torch.randn(n, n, device=device, dtype=d))
+                for d in peaks}
+    fns = {k: (lambda m=m: [m(x, t, None) for _ in range(3)]) for k, m in models.items()}
+    fns |= {f"peak {str(d).removeprefix('torch.')}": (lambda ab=ab: [torch.mm(*ab) for _ in range(3)])
+            for d, ab in operands.items()}
     with torch.inference_mode():
-        for m in models.values():
-            for _ in range(2):
-                m(x, t, None)
-        for _ in range(repeats):
-            for k, m in models.items():
-                t0 = time.perf_counter()
-                for _ in range(3):
-                    m(x, t, None)
-                sync()
-                ts[k].append((time.perf_counter() - t0) / 3)
-    return {k: statistics.median(v) for k, v in ts.items()}
+        out = {k: v / 3 for k, v in in_turns(fns, repeats, warmup=2).items()}
+    return {k: 2 * n**3 / v / 1e9 if k.startswith("peak ") else v for k, v in out.items()}
 
 
 def step_time(model, cfg, batch: int, repeats: int, device) -> float:
@@ -285,12 +305,19 @@ def main() -> None:
                 # ... and with the time embedding in the package (format aoti-2): what the table buys.
                 ps[f"{label}, any batch, c(t, y) in the package"] = EmbeddingInPackage(
                     eager, package_path(ckpt, prec).with_suffix(".embedding.pt2"))
-        by_batch = {b: step_times(ps, ckpt.model_config, b, a.repeats, device) for b in (1, 4, 16)}
+        # The matmul peaks read again in turns with the calls (not bfloat16's where it is emulated: too slow)
+        by_batch = {b: step_times(ps, ckpt.model_config, b, a.repeats, device,
+                                  tuple(getattr(torch, p) for p in precisions)) for b in (1, 4, 16)}
+        turn_peak = {b: {d: by_batch[b].get(f"peak {d}", peak[d]) for d in peak} for b in (1, 4, 16)}
         for pname in ps:
             ts = [by_batch[b][pname] for b in (1, 4, 16)]
-            per_image = gf / peak["bfloat16" if "bfloat16" in pname else "float32"]  # seconds at the matmul peak
+            # seconds per image at the matmul peak of the path's dtype, read in turns with these calls
+            per_image = [gf / turn_peak[b]["bfloat16" if "bfloat16" in pname else "float32"] for b in (1, 4, 16)]
             print(f"| {pname} | {ts[0] * 1e3:.2f} | {ts[1] * 1e3:.2f} | {ts[2] * 1e3:.2f} | "
-                  + " / ".join(f"{t / (per_image * b):.2f}x" for t, b in zip(ts, (1, 4, 16))) + " |")
+                  + " / ".join(f"{t / (pi * b):.2f}x" for t, pi, b in zip(ts, per_image, (1, 4, 16))) + " |")
+        print("\nthe FLOP bound above: the matmul peak read in turns with the calls, float32 / bfloat16 at batch "
+              + ", ".join(f"{b}: {turn_peak[b]['float32']:.0f} / {turn_peak[b]['bfloat16']:.0f}"
+                          for b in (1, 4, 16)) + " GFLOP/s")
         best = min(ps, key=by_batch[16].get)
         eager = [k for k in ps if "AOTInductor" not in k and "CUDA graphs" not in k]
         eager_best = min(eager, key=by_batch[16].get)
@@ -307,14 +334,21 @@ def main() -> None:
         for pname in dict.fromkeys([eager_best, best]):  # the fastest eager path, and the fastest if compiled
             fast = ps[pname]
             for sampler, steps, n in (("ddim", 50, 16), ("ddpm", 1000, 4)):
-                ours = median_time(lambda: our_loop(fast, ckpt, sampler, steps, n, device), reps, 1)
-                alone = median_time(lambda: model_calls(fast, ckpt, steps, n, device), reps, 1)
+                loops = {"ours": lambda: our_loop(fast, ckpt, sampler, steps, n, device),
+                         "alone": lambda: model_calls(fast, ckpt, steps, n, device)}
                 try:
-                    same = median_time(lambda: diffusers_loop(fast, ckpt, sampler, steps, n, device), reps, 1)
-                    user = median_time(lambda: diffusers_loop(plain, ckpt, sampler, steps, n, device), reps, 1)
+                    import diffusers  # noqa: F401
+                    loops |= {"same": lambda: diffusers_loop(fast, ckpt, sampler, steps, n, device),
+                              "user": lambda: diffusers_loop(plain, ckpt, sampler, steps, n, device)}
+                except ImportError:
+                    pass
+                m = in_turns(loops, reps)
+                ours, alone = m["ours"], m["alone"]
+                if "same" in m:
+                    same, user = m["same"], m["user"]
                     cells = (f"{same:.3f} | {user:.3f} | {ours / same:.2f} | {ours / user:.2f} | {alone:.3f} | "
                              f"{alone / same:.2f}")
-                except ImportError:
+                else:
                     cells = f"diffusers not installed | - | - | - | {alone:.3f} | -"
                 print(f"| {sampler.upper()}-{steps}, {n} images ({pname}) | {ours:.3f} | {cells} |")
         weight = autoguidance_weight(ckpt.card)
@@ -329,8 +363,9 @@ def main() -> None:
                 guide_model = load_compiled(guide, guide_model,
                                             batches=FIXED_BATCHES if "fixed" in best else ()) or guide_model
             guided = AutoGuided(ps[best], guide_model, weight)
-            plain_s = median_time(lambda: our_loop(ps[best], ckpt, "ddim", 50, 16, device), reps, 1)
-            guided_s = median_time(lambda: our_loop(guided, ckpt, "ddim", 50, 16, device), reps, 1)
+            m = in_turns({"plain": lambda: our_loop(ps[best], ckpt, "ddim", 50, 16, device),
+                          "guided": lambda: our_loop(guided, ckpt, "ddim", 50, 16, device)}, reps)
+            plain_s, guided_s = m["plain"], m["guided"]
             print(f"\nautoguidance (w = {weight}, guide {guide.name}: "
                   f"{guide_gf:.3f} GFLOP per image step, on the same path), DDIM-50 for 16 images on {best}: "
                   f"{guided_s:.3f} s against {plain_s:.3f} s without ({guided_s / plain_s:.2f}x)")
@@ -338,12 +373,15 @@ def main() -> None:
         zero = Zero(ckpt.model_config)
         cells = []
         for sampler, steps, n in (("ddim", 50, 16), ("ddpm", 1000, 4)):
-            ours = median_time(lambda: our_loop(zero, ckpt, sampler, steps, n, device), reps, 1) / steps
+            loops = {"ours": lambda: our_loop(zero, ckpt, sampler, steps, n, device)}
             try:
-                theirs = median_time(lambda: diffusers_loop(zero, ckpt, sampler, steps, n, device), reps, 1) / steps
-                cells.append(f"{sampler.upper()}, batch {n}: ours {ours * 1e6:.0f} us, diffusers {theirs * 1e6:.0f} us")
+                import diffusers  # noqa: F401
+                loops["diffusers"] = lambda: diffusers_loop(zero, ckpt, sampler, steps, n, device)
             except ImportError:
-                cells.append(f"{sampler.upper()}, batch {n}: ours {ours * 1e6:.0f} us")
+                pass
+            m = {k: v / steps for k, v in in_turns(loops, reps).items()}
+            cells.append(f"{sampler.upper()}, batch {n}: ours {m['ours'] * 1e6:.0f} us"
+                         + (f", diffusers {m['diffusers'] * 1e6:.0f} us" if "diffusers" in m else ""))
         print("\nsampler arithmetic per step, model replaced by a constant: " + "; ".join(cells))
         # The thread count: the same call on 1 thread and on all of them.
         # (eager: a package is built for one thread count)
