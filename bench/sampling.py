@@ -65,16 +65,19 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(ts)
 
 
-def in_turns(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+def in_turns(fns: dict, repeats: int, warmup: int = 1, warm_each_turn: bool = False) -> dict[str, float]:
     """Median time of each fn, the fns taking turns within each repeat, so that a slow minute of a
     shared machine falls on all of them alike rather than on one (a ratio of two of them is read from
-    the same minutes)."""
+    the same minutes). `warm_each_turn`: run each fn once untimed before its timed run in every turn,
+    for fns of a few ms whose first run after another's pays for cold caches."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     ts: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            if warm_each_turn:
+                fn()
             sync()
             t0 = time.perf_counter()
             fn()
@@ -188,7 +191,7 @@ def step_times(models: dict[str, torch.nn.Module], cfg, batch: int, repeats: int
     fns |= {f"peak {str(d).removeprefix('torch.')}": (lambda ab=ab: [torch.mm(*ab) for _ in range(3)])
             for d, ab in operands.items()}
     with torch.inference_mode():
-        out = {k: v / 3 for k, v in in_turns(fns, repeats, warmup=2).items()}
+        out = {k: v / 3 for k, v in in_turns(fns, repeats, warmup=2, warm_each_turn=True).items()}
     return {k: 2 * n**3 / v / 1e9 if k.startswith("peak ") else v for k, v in out.items()}
 
 
