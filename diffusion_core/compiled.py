@@ -163,9 +163,9 @@ def group_norm_from_channel_sums(x: torch.Tensor, num_groups: int, weight: torch
     per_group = c // num_groups  # channels in a group
     xf = x.float()
     sums = torch.cat([xf.sum(dim=(2, 3)), (xf * xf).sum(dim=(2, 3))])  # [2N x C]: sums of x and x^2
-    # [2N x C x C/G]: for channel c of group g, the sums of channels g C/G .. (g + 1) C/G - 1 (at most 32 x 128 x 16 values here)
+    # [2N x C x C/G]: for channel c of group g, the sums of channels g C/G .. (g + 1) C/G - 1 (each sum C/G times)
     of_group = sums.view(2 * n, num_groups, 1, per_group).expand(2 * n, num_groups, per_group, per_group)
-    moments = of_group.reshape(2 * n, c, per_group).sum(-1) / (per_group * h * w)  # [2N x C]: E[x], E[x^2] of the group
+    moments = of_group.reshape(2 * n, c, per_group).sum(-1) / (per_group * h * w)  # [2N x C]: the group's E[x], E[x^2]
     mean, mean_sq = moments[:n], moments[n:]
     scale = torch.rsqrt((mean_sq - mean * mean).clamp_min(0) + eps)  # [N x C]
     if weight is not None:
