@@ -18,6 +18,7 @@ test: machines are shared and noisy, so read ratios, not absolute times.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -52,19 +53,6 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def in_turns(fns: dict, repeats: int, warmup: int = 1, warm_each_turn: bool = False) -> dict[str, float]:
     """Median time of each fn, the fns taking turns within each repeat, so that a slow minute of a
     shared machine falls on all of them alike rather than on one (a ratio of two of them is read from
@@ -84,6 +72,11 @@ def in_turns(fns: dict, repeats: int, warmup: int = 1, warm_each_turn: bool = Fa
             sync()
             ts[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def median_time(fn, repeats: int, warmup: int = 2) -> float:
+    """Median time of fn over `repeats` runs, after `warmup` untimed ones."""
+    return in_turns({"fn": fn}, repeats, warmup)["fn"]
 
 
 def matmul_size(device: torch.device) -> int:
@@ -334,17 +327,15 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         plain = ps["float32"]
         reps = max(3, a.repeats // 2)
+        has_diffusers = importlib.util.find_spec("diffusers") is not None
         for pname in dict.fromkeys([eager_best, best]):  # the fastest eager path, and the fastest if compiled
             fast = ps[pname]
             for sampler, steps, n in (("ddim", 50, 16), ("ddpm", 1000, 4)):
                 loops = {"ours": lambda: our_loop(fast, ckpt, sampler, steps, n, device),
                          "alone": lambda: model_calls(fast, ckpt, steps, n, device)}
-                try:
-                    import diffusers  # noqa: F401
+                if has_diffusers:
                     loops |= {"same": lambda: diffusers_loop(fast, ckpt, sampler, steps, n, device),
                               "user": lambda: diffusers_loop(plain, ckpt, sampler, steps, n, device)}
-                except ImportError:
-                    pass
                 m = in_turns(loops, reps)
                 ours, alone = m["ours"], m["alone"]
                 if "same" in m:
@@ -377,11 +368,8 @@ def main() -> None:
         cells = []
         for sampler, steps, n in (("ddim", 50, 16), ("ddpm", 1000, 4)):
             loops = {"ours": lambda: our_loop(zero, ckpt, sampler, steps, n, device)}
-            try:
-                import diffusers  # noqa: F401
+            if has_diffusers:
                 loops["diffusers"] = lambda: diffusers_loop(zero, ckpt, sampler, steps, n, device)
-            except ImportError:
-                pass
             m = {k: v / steps for k, v in in_turns(loops, reps).items()}
             cells.append(f"{sampler.upper()}, batch {n}: ours {m['ours'] * 1e6:.0f} us"
                          + (f", diffusers {m['diffusers'] * 1e6:.0f} us" if "diffusers" in m else ""))
